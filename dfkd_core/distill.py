@@ -1,0 +1,232 @@
+"""Recovery by knowledge distillation: the pruned student learns to answer like its teacher.
+
+The loss is Hinton et al.'s (2015) softened KL divergence, ``T^2 * KL(p_teacher^T || p_student^T)``,
+optionally plus a feature term: the student *is* the teacher with weights removed, so every
+BatchNorm output of the student has a counterpart in the teacher, and matching them layer by
+layer gives far more signal per image than the ten logits alone.
+
+Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
+noise or a handful of real images for the baselines. This module never loads data itself.
+Pruning masks stay attached, so pruned weights remain exactly zero throughout.
+
+BatchNorm policy (``bn_mode``):
+
+* ``"frozen"`` (default): BatchNorm layers stay in eval mode and normalize with the teacher's
+  running statistics, which describe real data; only their affine parameters are trained.
+  Dream batches never overwrite what the teacher knows about real images.
+* ``"train"``: BatchNorm layers normalize with each dream batch's statistics and update their
+  running averages from dreams.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .events import Event, MetricLogged, Progress, StageFinished, StageStarted, drain
+from .zoo import Normalization
+
+__all__ = ["DistillConfig", "DistillResult", "augment", "distill", "iter_distill"]
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """KD recipe; defaults are the recommended recovery recipe."""
+
+    epochs: int = 30  # passes over the transfer set
+    batch_size: int = 128  # images per SGD step
+    lr: float = 0.01  # SGD peak learning rate, cosine-annealed to zero over all steps
+    momentum: float = 0.9  # SGD (Nesterov) momentum
+    weight_decay: float = 0.0  # L2 weight decay (the pruned student starts at a good minimum)
+    temperature: float = 4.0  # softmax temperature T of the KD loss (scaled by T^2)
+    feature_weight: float = 0.0  # weight of the BatchNorm-output matching term (0 = logits only)
+    crop_padding: int = 4  # random-crop augmentation: zero-pad by this many pixels, crop back
+    flip: bool = True  # random horizontal flip augmentation
+    bn_mode: str = "frozen"  # "frozen" (teacher's running statistics) or "train" (dream-batch statistics)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"distillation {name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "momentum", "weight_decay", "feature_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"distillation {name} must be a finite number >= 0, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"distillation temperature must be > 0, got {self.temperature!r}")
+        if self.crop_padding < 0:
+            raise ValueError(f"distillation crop_padding must be >= 0, got {self.crop_padding!r}")
+        if self.bn_mode not in ("frozen", "train"):
+            raise ValueError(f"distillation bn_mode must be 'frozen' or 'train', got {self.bn_mode!r}")
+
+
+@dataclass
+class DistillResult:
+    history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, accuracy %) after each evaluation
+    final_loss: float = float("nan")
+    seconds: float = 0.0
+
+
+def augment(pixels: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop (after zero padding) and horizontal flip of a ``(N, C, H, W)`` batch."""
+    n, _, h, w = pixels.shape
+    if padding:
+        padded = F.pad(pixels, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(pixels.device)
+        dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(pixels.device)
+        rows = (dy + torch.arange(h, device=pixels.device))[:, None, :, None]
+        cols = (dx + torch.arange(w, device=pixels.device))[:, None, None, :]
+        batch = torch.arange(n, device=pixels.device)[:, None, None, None]
+        channel = torch.arange(pixels.shape[1], device=pixels.device)[None, :, None, None]
+        pixels = padded[batch, channel, rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(pixels.device)[:, None, None, None]
+        pixels = torch.where(mask, pixels.flip(3), pixels)
+    return pixels
+
+
+class _FeatureTaps:
+    """Forward hooks recording the output of every BatchNorm layer, keyed by module name."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._recorder(n)) for n in names]
+
+    def _recorder(self, name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            self.outputs[name] = output
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _shared_bn_names(student: nn.Module, teacher: nn.Module) -> list[str]:
+    student_bns = {n: m.num_features for n, m in student.named_modules() if isinstance(m, _BN)}
+    teacher_bns = {n: m.num_features for n, m in teacher.named_modules() if isinstance(m, _BN)}
+    if not student_bns or student_bns != teacher_bns:
+        raise ValueError(
+            "feature_weight > 0 needs student and teacher with the same BatchNorm layers (a pruned copy of the "
+            "teacher has them); set feature_weight to 0 for a student of another architecture"
+        )
+    return list(student_bns)
+
+
+def iter_distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    config: DistillConfig = DistillConfig(),
+    *,
+    evaluate_fn: Callable[[nn.Module], float] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    stage: str = "distill",
+) -> Generator[Event, None, DistillResult]:
+    """Generator form of :func:`distill`: yields per-step progress and per-epoch accuracy."""
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    teacher = teacher.to(device).eval()
+    student = student.to(device)
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)  # fmt: skip
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    names = _shared_bn_names(student, teacher) if config.feature_weight > 0 else []
+    student_taps, teacher_taps = _FeatureTaps(student, names), _FeatureTaps(teacher, names)
+    result = DistillResult()
+    temperature = config.temperature
+    yield StageStarted(stage, total, f"{config.epochs} epochs over {len(images)} images")
+    started = time.perf_counter()
+    try:
+        for epoch in range(1, config.epochs + 1):
+            student.train()
+            if config.bn_mode == "frozen":
+                for m in student.modules():
+                    if isinstance(m, _BN):
+                        m.eval()
+            order = torch.randperm(len(images), generator=generator)
+            epoch_loss, seen = 0.0, 0
+            for i in range(steps_per_epoch):
+                batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device)
+                batch = augment(batch, config.crop_padding, config.flip, generator)
+                x = normalization.normalize(batch).contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                student_logits = student(x)
+                loss = (
+                    F.kl_div(
+                        F.log_softmax(student_logits / temperature, dim=1),
+                        F.log_softmax(teacher_logits / temperature, dim=1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                    * temperature**2
+                )
+                if names:
+                    feature_loss = sum(F.mse_loss(student_taps.outputs[n], teacher_taps.outputs[n]) for n in names)
+                    loss = loss + config.feature_weight * feature_loss / len(names)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"distillation loss became {value} in epoch {epoch}, step {i + 1}; lower the distillation "
+                        f"lr (now {config.lr}) or the temperature (now {temperature})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                epoch_loss += value * len(batch)
+                seen += len(batch)
+                yield Progress(stage, (epoch - 1) * steps_per_epoch + i + 1, total, {"loss": value, "epoch": epoch})
+            result.final_loss = epoch_loss / seen
+            if evaluate_fn is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                accuracy = evaluate_fn(student)
+                result.history.append((epoch, accuracy))
+                yield MetricLogged(stage, "accuracy", accuracy, epoch)
+    finally:
+        student_taps.remove()
+        teacher_taps.remove()
+        student.eval()
+    result.seconds = time.perf_counter() - started
+    yield StageFinished(stage, result.seconds, {"final_loss": result.final_loss})
+    return result
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    config: DistillConfig = DistillConfig(),
+    *,
+    evaluate_fn: Callable[[nn.Module], float] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    callback=None,
+) -> DistillResult:
+    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]).
+
+    ``evaluate_fn(student) -> accuracy`` is called every ``config.eval_every`` epochs and
+    its values form ``DistillResult.history``. ``callback(event)`` sees every event.
+    Raises ``FloatingPointError`` as soon as the loss is NaN or infinite.
+    """
+    events = iter_distill(student, teacher, images, normalization, config,
+                          evaluate_fn=evaluate_fn, device=device, seed=seed)  # fmt: skip
+    return drain(events, callback)

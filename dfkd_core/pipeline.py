@@ -1,0 +1,320 @@
+"""The whole method in one generator: teacher -> prune -> invert -> distill -> evaluate.
+
+:func:`recover` yields typed events (see :mod:`dfkd_core.events`) and ends with
+:class:`Finished` carrying a :class:`RecoveryResult`; :func:`run_recovery` runs it to the end.
+The CLI, the notebooks and the app are thin clients of this one function.
+
+Data-free guarantee: the recovery path (prune, synthesize, distill) receives no dataset at all.
+Real images enter in exactly two places, both for measuring only: the held-out evaluation split
+(accuracy numbers) and, when explicitly requested, the ``"real"`` baseline - an oracle that shows
+what a few real training images would have bought.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
+from .distill import DistillConfig, iter_distill
+from .evaluate import evaluate
+from .events import Event, Finished, MetricLogged, Notice, StageFinished, StageStarted, drain
+from .invert import DreamSet, InversionConfig, iter_synthesize
+from .prune import LayerSparsity, clone_model, measured_sparsity, prune_model, sparsity_report
+from .zoo import Teacher, load_teacher
+
+__all__ = [
+    "PRESETS",
+    "Recipe",
+    "RecoveryConfig",
+    "RecoveryResult",
+    "get_preset",
+    "recover",
+    "resolve_device",
+    "run_recovery",
+]
+
+BASELINES = ("noise", "real")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to dream and how to distill: everything that decides recovered accuracy and time."""
+
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+PRESETS: dict[str, Recipe] = {
+    # The recommended recipe (the library defaults).
+    "default": Recipe(),
+    # A CPU-friendly budget: a few minutes end to end on two cores for a ResNet-20.
+    "quick": Recipe(InversionConfig(num_images=512, steps=100), DistillConfig(epochs=20)),
+    # The reference recipe of the paper: 1,024 dreams x 200 steps, logits-only KD for 30 epochs.
+    "paper": Recipe(InversionConfig(num_images=1024, steps=200), DistillConfig(epochs=30, feature_weight=0.0)),
+}
+
+
+def get_preset(name: str) -> Recipe:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """One recovery run. Only ``teacher`` is required; the rest defaults to the recommended setup."""
+
+    teacher: str  # registry id (see list_teachers()) or a checkpoint path
+    data: str = "cifar10"  # evaluation data: "cifar10" or an ImageFolder directory (root with test/)
+    sparsity: float = 0.75  # fraction of Conv2d/Linear weights removed by L1 magnitude
+    scope: str = "global"  # "global" (one threshold over all layers, the paper's) or "layerwise"
+    recipe: Recipe = field(default_factory=Recipe)
+    baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (KD on Gaussian noise), "real" (oracle)
+    curve_per_class: int = 200  # per-epoch accuracy curve on this many test images per class (0 = full split)
+    eval_per_class: int = 0  # reported accuracies on this many test images per class (0 = full split)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
+    seed: int = 0  # seeds pruning ties, dream initialization, labels and augmentation
+    arch: str | None = None  # architecture, for checkpoints that do not record it
+    normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1) (the fraction of weights to remove), got {self.sparsity!r}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
+        if self.scope not in ("global", "layerwise"):
+            raise ValueError(f"pruning scope must be 'global' or 'layerwise', got {self.scope!r}")
+        if self.curve_per_class < 0 or self.eval_per_class < 0:
+            raise ValueError("curve_per_class and eval_per_class must be >= 0 (0 = the full split)")
+
+
+@dataclass
+class RecoveryResult:
+    """Everything a run measured and produced."""
+
+    config: RecoveryConfig
+    teacher: Teacher
+    student: nn.Module  # the recovered student, pruning masks still attached
+    dreams: DreamSet
+    teacher_acc: float
+    pruned_acc: float
+    recovered_acc: float
+    sparsity: float  # measured fraction of zero prunable weights
+    layers: list[LayerSparsity]
+    curve: list[tuple[int, float]]  # (epoch, accuracy on the curve subset); epoch 0 = pruned
+    curve_references: dict[str, float]  # teacher and pruned accuracy on the curve subset
+    baselines: dict[str, float | None]
+    timings: dict[str, float]
+    eval_info: dict[str, Any]
+    device: str
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
+        settings = asdict(self.config)
+        return {
+            "teacher": self.config.teacher,
+            "arch": self.teacher.arch,
+            "teacher_acc": round(self.teacher_acc, 2),
+            "pruned_acc": round(self.pruned_acc, 2),
+            "recovered_acc": round(self.recovered_acc, 2),
+            "sparsity": {
+                "target": self.config.sparsity,
+                "measured": round(self.sparsity, 4),
+                "scope": self.config.scope,
+            },
+            "baselines": {
+                "noise_kd": _rounded(self.baselines.get("noise")),
+                "real_data": _rounded(self.baselines.get("real")),
+                "real_data_note": "ORACLE: KD on real training images (same count and recipe); not data-free",
+            },
+            "dreams": {
+                "count": len(self.dreams),
+                "steps": self.dreams.steps,
+                "teacher_top1": round(self.dreams.teacher_top1, 2),
+            },
+            "curve": {
+                "epochs": [e for e, _ in self.curve],
+                "accuracy": [round(a, 2) for _, a in self.curve],
+                "references": {k: round(v, 2) for k, v in self.curve_references.items()},
+                "images": self.eval_info["curve_images"],
+            },  # fmt: skip
+            "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "zeros": r.zeros} for r in self.layers],
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "eval": {k: v for k, v in self.eval_info.items() if k != "curve_images"},
+            "device": self.device,
+            "versions": {
+                "dfkd": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "torchvision": _torchvision_version(),
+                "platform": platform.platform(),
+            },  # fmt: skip
+            "settings": settings,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return resolved
+
+
+def _check_batchnorm(model: nn.Module) -> None:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(
+            f"the teacher ({type(model).__name__}) has no BatchNorm layer; DeepInversion needs the running "
+            "statistics of BatchNorm layers to dream from, so this model cannot be recovered data-free"
+        )
+
+
+def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator[Event, None, RecoveryResult]:
+    """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
+
+    ``dreams`` reuses a dream set synthesized earlier from the same teacher (dreams do not
+    depend on the sparsity unless Adaptive DeepInversion is on); the synthesis is then skipped
+    and its original wall time reported.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    recipe = config.recipe
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+
+    yield StageStarted("load", 0, f"teacher {config.teacher}, evaluation data {config.data}")
+    t0 = time.perf_counter()
+    teacher = load_teacher(config.teacher, arch=config.arch, normalization=config.normalization)
+    _check_batchnorm(teacher.model)
+    test_set = load_eval_set(config.data)
+    if len(test_set.classes) != teacher.num_classes:
+        raise ValueError(
+            f"evaluation data {config.data!r} has {len(test_set.classes)} classes but the teacher predicts "
+            f"{teacher.num_classes}; use data whose class folders match the teacher's outputs"
+        )
+    if "real" in config.baselines and not train_split_available(config.data):
+        yield Notice("load", f"{config.data} has no train/ split: the real-data baseline is skipped (reported as null)")
+    eval_set = test_set.stratified_subset(config.eval_per_class, config.seed) if config.eval_per_class else test_set
+    curve_set = test_set.stratified_subset(config.curve_per_class, config.seed) if config.curve_per_class else eval_set
+    teacher.model.to(device)
+
+    def measure(model: nn.Module, images: ImageSet = eval_set) -> float:
+        return evaluate(model, images, teacher.normalization, device=device)
+
+    teacher_acc = measure(teacher.model)
+    yield MetricLogged("load", "teacher_accuracy", teacher_acc)
+    timings["load"] = time.perf_counter() - t0
+    yield StageFinished("load", timings["load"], {"teacher_accuracy": teacher_acc, "eval_images": len(eval_set)})
+
+    yield StageStarted("prune", 0, f"{config.scope} L1 pruning to {config.sparsity:.0%}")
+    t0 = time.perf_counter()
+    pruned = prune_model(teacher.model, config.sparsity, config.scope)
+    layers = sparsity_report(pruned)
+    sparsity = measured_sparsity(pruned)
+    pruned_acc = measure(pruned)
+    yield MetricLogged("prune", "pruned_accuracy", pruned_acc)
+    references = {"teacher": measure(teacher.model, curve_set), "pruned": measure(pruned, curve_set)}
+    timings["prune"] = time.perf_counter() - t0
+    yield StageFinished(
+        "prune", timings["prune"], {"sparsity": sparsity, "pruned_accuracy": pruned_acc, "layers": layers}
+    )
+
+    student = clone_model(pruned)
+    if dreams is None:
+        dreams = yield from iter_synthesize(teacher, recipe.inversion, student=student, device=device, seed=config.seed)
+    else:
+        if dreams.classes != teacher.classes:
+            raise ValueError(
+                f"the given dreams are of classes {dreams.classes[:3]}..., not the teacher's {teacher.classes[:3]}..."
+            )
+        yield StageStarted("synthesize", 0, f"reusing {len(dreams)} dreams synthesized earlier")
+        yield StageFinished("synthesize", 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
+    timings["synthesis"] = dreams.seconds
+    yield MetricLogged("synthesize", "teacher_top1_on_dreams", dreams.teacher_top1)
+
+    t0 = time.perf_counter()
+    yield MetricLogged("distill", "accuracy", references["pruned"], 0)
+    distilled = yield from iter_distill(
+        student, teacher.model, dreams.images, teacher.normalization, recipe.distill,
+        evaluate_fn=lambda m: measure(m, curve_set), device=device, seed=config.seed,
+    )  # fmt: skip
+    recovered_acc = measure(student)
+    yield MetricLogged("distill", "recovered_accuracy", recovered_acc)
+    timings["distillation"] = time.perf_counter() - t0
+
+    baselines: dict[str, float | None] = {"noise": None, "real": None}
+    for name in config.baselines:
+        if name == "real" and not train_split_available(config.data):
+            continue
+        t0 = time.perf_counter()
+        if name == "noise":
+            generator = torch.Generator().manual_seed(config.seed + 1)
+            noise = torch.randn(len(dreams), 3, *dreams.images.shape[-2:], generator=generator)
+            images = teacher.normalization.denormalize(noise).clamp(0, 1)
+        else:  # the oracle: real training images, same count as the dreams
+            per_class = max(1, len(dreams) // teacher.num_classes)
+            images = load_train_subset(config.data, per_class, seed=config.seed).images.float() / 255
+        baseline_student = clone_model(pruned)
+        yield from iter_distill(baseline_student, teacher.model, images, teacher.normalization, recipe.distill,
+                                device=device, seed=config.seed, stage=f"baseline_{name}")  # fmt: skip
+        baselines[name] = measure(baseline_student)
+        yield MetricLogged(
+            f"baseline_{name}", f"{name}_kd_accuracy" if name == "noise" else "real_data_accuracy", baselines[name]
+        )
+        timings[f"baseline_{name}"] = time.perf_counter() - t0
+        del baseline_student
+
+    timings["total"] = time.perf_counter() - started
+    result = RecoveryResult(
+        config=config, teacher=teacher, student=student, dreams=dreams,
+        teacher_acc=teacher_acc, pruned_acc=pruned_acc, recovered_acc=recovered_acc,
+        sparsity=sparsity, layers=layers, curve=[(0, references["pruned"])] + distilled.history,
+        curve_references=references, baselines=baselines, timings=timings,
+        eval_info={"dataset": test_set.name, "num_images": len(eval_set), "full_split": len(eval_set) == len(test_set),
+                   "curve_images": len(curve_set)},
+        device=str(device),
+    )  # fmt: skip
+    yield Finished(result)
+    return result
+
+
+def run_recovery(config: RecoveryConfig, callback=None) -> RecoveryResult:
+    """Run :func:`recover` to the end; ``callback(event)`` sees every event on the way."""
+    return drain(recover(config), callback)
+
+
+def with_overrides(
+    recipe: Recipe, inversion: dict[str, Any] | None = None, distill: dict[str, Any] | None = None
+) -> Recipe:
+    """A copy of ``recipe`` with some knobs changed, e.g. ``with_overrides(r, {"steps": 50})``."""
+    return Recipe(replace(recipe.inversion, **(inversion or {})), replace(recipe.distill, **(distill or {})))

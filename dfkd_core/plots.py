@@ -1,0 +1,63 @@
+"""Pictures of a run: accuracy curves and per-layer sparsity (matplotlib, no pyplot state).
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, so they work the same in a
+script, a notebook (they display inline) and the Gradio app (``gr.Plot``), and never touch a
+global backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from .prune import LayerSparsity
+
+__all__ = ["curves_figure", "sparsity_figure"]
+
+
+def curves_figure(
+    curve: Sequence[tuple[int, float]],
+    teacher: float,
+    pruned: float,
+    baselines: dict[str, float | None] | None = None,
+    epochs: int | None = None,
+    subtitle: str = "",
+) -> Figure:
+    """Accuracy per distillation epoch against the teacher and pruned levels (and baselines)."""
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    last = epochs or (curve[-1][0] if curve else 1)
+    ax.axhline(teacher, color="tab:green", linestyle="--", label=f"teacher {teacher:.1f}%")
+    ax.axhline(pruned, color="tab:red", linestyle=":", label=f"pruned, no recovery {pruned:.1f}%")
+    styles = {"noise": ("tab:gray", "KD on noise"), "real": ("tab:purple", "real-data oracle")}
+    for name, value in (baselines or {}).items():
+        if value is not None:
+            color, label = styles[name]
+            ax.axhline(value, color=color, linestyle="-.", linewidth=1, label=f"{label} {value:.1f}%")
+    if curve:
+        xs, ys = zip(*curve)
+        ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue", label=f"student on dreams {ys[-1]:.1f}%")
+    ax.set_xlim(0, max(1, last))
+    ax.set_xlabel("distillation epoch")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Recovery by data-free distillation" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
+    """Bar chart of the fraction of zero weights in every prunable layer, in network order."""
+    fig = Figure(figsize=(max(6.4, 0.22 * len(layers) + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    colors = ["tab:orange" if r.kind == "Linear" else "tab:blue" for r in layers]
+    ax.bar(range(len(layers)), [100 * r.sparsity for r in layers], color=colors)
+    ax.set_xticks(range(len(layers)), [r.name for r in layers], rotation=90, fontsize=6)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("weights pruned (%)")
+    total = sum(r.total for r in layers)
+    overall = 100 * sum(r.zeros for r in layers) / max(1, total)
+    ax.set_title(title or f"Per-layer sparsity (overall {overall:.1f}% of {total:,} weights)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return fig

@@ -1,0 +1,138 @@
+"""Unstructured L1 magnitude pruning with :mod:`torch.nn.utils.prune`.
+
+``sparsity`` always means the fraction of prunable weights (the ``weight`` of every
+``Conv2d`` and ``Linear``; biases and BatchNorm parameters are never pruned) that are zero.
+
+* ``scope="global"`` (the paper's method): one magnitude threshold across all layers, so
+  layers with many small weights lose more than layers with few large ones.
+* ``scope="layerwise"``: every layer loses the same fraction of its own weights.
+
+Masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
+can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+__all__ = [
+    "LayerSparsity",
+    "clone_model",
+    "count_nonzero_parameters",
+    "make_permanent",
+    "measured_sparsity",
+    "prunable_layers",
+    "prune_model",
+    "sparsity_report",
+]
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every Conv2d and Linear layer, in definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+def _check_sparsity(sparsity: float) -> float:
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be a number in [0, 1), the fraction of weights to remove; got {sparsity!r}")
+    return float(sparsity)
+
+
+def prune_model(
+    model: nn.Module,
+    sparsity: float,
+    scope: Literal["global", "layerwise"] = "global",
+    inplace: bool = False,
+) -> nn.Module:
+    """Zero the ``sparsity`` fraction of smallest-magnitude Conv2d/Linear weights.
+
+    Returns the pruned model (a deep copy unless ``inplace``) with masks attached. Pruning an
+    already-pruned model composes, as :mod:`torch.nn.utils.prune` does.
+    """
+    sparsity = _check_sparsity(sparsity)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"pruning scope must be 'global' or 'layerwise', got {scope!r}")
+    model = model if inplace else copy.deepcopy(model)
+    layers = prunable_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+    if scope == "global":
+        torch_prune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=torch_prune.L1Unstructured, amount=sparsity
+        )
+    else:
+        for _, m in layers:
+            torch_prune.l1_unstructured(m, "weight", amount=sparsity)
+    _detach_masked_weights(model)
+    return model
+
+
+def _detach_masked_weights(model: nn.Module) -> None:
+    """Drop the autograd graph of each cached ``weight = weight_orig * weight_mask`` (recomputed
+    by the mask hook at the next forward anyway), so that the model can be deep-copied."""
+    for _, m in prunable_layers(model):
+        if hasattr(m, "weight_orig"):
+            m.weight = m.weight.detach()
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy that also works for a model with pruning masks attached."""
+    _detach_masked_weights(model)
+    return copy.deepcopy(model)
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every pruning mask into its weight and drop the hooks (in place); returns ``model``."""
+    for _, m in prunable_layers(model):
+        if torch_prune.is_pruned(m) and hasattr(m, "weight_orig"):
+            torch_prune.remove(m, "weight")
+    return model
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    name: str
+    kind: str  # "Conv2d" or "Linear"
+    total: int  # weights in the layer
+    zeros: int  # of which exactly zero
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.total
+
+
+def sparsity_report(model: nn.Module) -> list[LayerSparsity]:
+    """Per-layer count of zero weights (masked or not), in definition order."""
+    report = []
+    for name, m in prunable_layers(model):
+        weight = m.weight.detach()
+        report.append(LayerSparsity(name, type(m).__name__, weight.numel(), int((weight == 0).sum())))
+    return report
+
+
+def measured_sparsity(model: nn.Module) -> float:
+    """Fraction of all prunable weights that are zero."""
+    report = sparsity_report(model)
+    return sum(r.zeros for r in report) / max(1, sum(r.total for r in report))
+
+
+@torch.no_grad()
+def count_nonzero_parameters(model: nn.Module) -> int:
+    """Nonzero entries over all parameters (masked weights counted through their mask)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if name.endswith("weight_orig"):
+            continue
+        total += int((p != 0).sum())
+    for _, m in prunable_layers(model):
+        if hasattr(m, "weight_orig"):
+            total += int((m.weight != 0).sum())
+    return total

@@ -1,0 +1,143 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dfkd_core.cli import main
+
+TINY_FLAGS = ["--sparsity", "0.5", "--inv-num-images", "20", "--inv-batch-size", "20", "--inv-steps", "2",
+              "--kd-epochs", "1", "--kd-batch-size", "10", "--curve-per-class", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [sys.executable, "-m", "dfkd_core.cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("dfkd ")
+
+
+def test_teachers_lists_the_registry(capsys):
+    assert main(["teachers"]) == 0
+    out = capsys.readouterr().out
+    assert "akamaster/resnet20" in out and "chenyaofo/cifar10_mobilenetv2_x1_4" in out
+    assert main(["teachers", "akamaster/*", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [f"akamaster/resnet{d}" for d in (20, 32, 44, 56)]
+    assert rows[0]["normalization"]["mean"][0] == 0.485
+
+
+def test_evaluate_json(teacher_checkpoint, image_root, capsys):
+    assert (
+        main(["evaluate", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--json", "--device", "cpu"])
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert record["num_images"] == 40 and 0 <= record["accuracy"] <= 100
+
+
+def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out),
+                 "--baselines", "noise,real", *TINY_FLAGS]) == 0  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {
+        "report.json",
+        "dreams.png",
+        "dreams.pt",
+        "curves.png",
+        "sparsity.png",
+        "student.pt",
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["recipe"]["inversion"]["steps"] == 2
+    assert report["settings"]["recipe"]["distill"]["epochs"] == 1
+    assert report["baselines"]["real_data"] is not None
+    assert "recovered" in capsys.readouterr().out
+    from dfkd_core import load_checkpoint
+    from dfkd_core.prune import measured_sparsity
+
+    student = load_checkpoint(out / "student.pt")  # no --arch/--normalization needed
+    assert student.arch == "resnet20" and measured_sparsity(student.model) == pytest.approx(0.5, abs=1e-3)
+    assert not list(tmp_path.glob(".run.*")), "no scratch folder left behind"
+
+
+def test_recipe_flags_are_generated_with_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["recover", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--inv-r-bn", "--inv-first-bn-multiplier", "--kd-temperature", "--kd-feature-weight", "--no-inv-flip"):
+        assert flag in text
+    assert "weight of the BatchNorm-statistics loss" in text
+
+
+def _bad(args, capsys, *expected):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_only_root, tmp_path, capsys):
+    out = tmp_path / "never"
+    base = ["recover", "--data", str(image_root), "--out", str(out), *TINY_FLAGS]
+    _bad(
+        ["recover", "--teacher", "akamaster/resnet21", "--data", str(image_root), "--out", str(out)],
+        capsys,
+        "unknown teacher",
+        "akamaster/resnet20",
+    )
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--sparsity", "1.0"], capsys, "sparsity must be in [0, 1)")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--sparsity", "-0.2"], capsys, "sparsity must be in [0, 1)")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--arch", "resnet32"], capsys, "conflicts")
+    torch.save({"state_dict": torch.load(teacher_checkpoint, weights_only=True)["state_dict"]}, tmp_path / "r20.pt")
+    _bad(
+        [*base, "--teacher", str(tmp_path / "r20.pt"), "--arch", "resnet56", "--normalization", "cifar10"],
+        capsys,
+        "does not match",
+        "missing: layer1.3",
+    )
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    _bad(
+        [*base, "--teacher", str(tmp_path / "corrupt.pt"), "--arch", "resnet20", "--normalization", "cifar10"],
+        capsys,
+        "cannot read checkpoint",
+    )
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--normalization", "imagenette"], capsys, "unknown normalization"
+    )
+    (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+    _bad(
+        [
+            "recover",
+            "--teacher",
+            str(teacher_checkpoint),
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(out),
+            *TINY_FLAGS,
+        ],
+        capsys,
+        "no images found",
+    )
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--kd-lr", "1e30"], capsys, "distillation loss became")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--inv-steps", "0"], capsys, "inversion steps must be >= 1")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--baselines", "gan"], capsys, "unknown baseline")
+    if not torch.cuda.is_available():
+        _bad([*base, "--teacher", str(teacher_checkpoint), "--device", "cuda"], capsys, "no CUDA device is available")
+    assert not out.exists(), "a failed run leaves nothing behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+
+def test_class_mismatch_on_evaluate(teacher_checkpoint, tmp_path, capsys):
+    from .conftest import write_image_folder
+
+    write_image_folder(tmp_path / "five", 1, classes=tuple("abcde"))
+    _bad(
+        ["evaluate", "--teacher", str(teacher_checkpoint), "--data", str(tmp_path / "five")],
+        capsys,
+        "5 classes",
+        "predicts 10",
+    )

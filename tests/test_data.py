@@ -1,0 +1,75 @@
+import pytest
+import torch
+from PIL import Image
+
+import dfkd_core.data as data_module
+from dfkd_core.data import default_data_dir, load_eval_set, load_train_subset, train_split_available
+
+from .conftest import write_image_folder
+
+
+def test_loads_test_split_only(image_root):
+    data = load_eval_set(str(image_root))
+    assert len(data) == 40 and data.images.shape == (40, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.classes[0] == "airplane" and data.labels.bincount().tolist() == [4] * 10
+    assert data.name.endswith("test")
+
+
+def test_bare_class_folder_is_the_eval_set(image_root):
+    assert len(load_eval_set(str(image_root / "test"))) == 40
+
+
+def test_decoded_tensors_are_cached_on_disk(image_root, monkeypatch):
+    first = load_eval_set(str(image_root))
+    cached = list((default_data_dir() / "decoded").glob("*.pt"))
+    assert len(cached) == 1
+    monkeypatch.setattr(data_module, "_MEMORY_CACHE", {})
+    monkeypatch.setattr(data_module, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    second = load_eval_set(str(image_root))
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+
+def test_cache_invalidated_when_files_change(image_root):
+    load_eval_set(str(image_root))
+    data_module._MEMORY_CACHE.clear()
+    Image.new("RGB", (32, 32)).save(image_root / "test" / "cat" / "extra.png")
+    assert len(load_eval_set(str(image_root))) == 41
+
+
+def test_stratified_subset_is_fixed_and_balanced(image_root):
+    data = load_eval_set(str(image_root))
+    a, b = data.stratified_subset(2, seed=5), data.stratified_subset(2, seed=5)
+    assert len(a) == 20 and a.labels.bincount().tolist() == [2] * 10
+    assert torch.equal(a.images, b.images)
+
+
+def test_other_sizes_are_resized(tmp_path):
+    write_image_folder(tmp_path / "big", 1, classes=("a", "b"), size=48)
+    data = load_eval_set(str(tmp_path / "big"))
+    assert data.images.shape == (2, 3, 32, 32)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images found"):
+        load_eval_set(str(tmp_path / "empty"))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="neither 'cifar10' nor an existing directory"):
+        load_eval_set(str(tmp_path / "nope"))
+
+
+def test_corrupt_image_is_named(image_root):
+    bad = image_root / "test" / "dog" / "0001.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match=r"cannot decode image .*dog.*0001\.png"):
+        load_eval_set(str(image_root))
+
+
+def test_train_subset_only_for_the_oracle(image_root, test_only_root):
+    subset = load_train_subset(str(image_root), per_class=2)
+    assert len(subset) == 20 and "oracle" in subset.name
+    assert train_split_available(str(image_root)) and not train_split_available(str(test_only_root))
+    with pytest.raises(FileNotFoundError, match="no train/"):
+        load_train_subset(str(test_only_root), per_class=1)

@@ -1,0 +1,119 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfkd_core import DistillConfig, MetricLogged, create_model, distill, prune_model
+from dfkd_core.distill import augment
+from dfkd_core.prune import prunable_layers
+
+FAST = DistillConfig(epochs=2, batch_size=16, lr=0.01)
+
+
+def kl_to_teacher(student, teacher, images, normalization):
+    with torch.no_grad():
+        x = normalization.normalize(images)
+        return float(
+            F.kl_div(
+                F.log_softmax(student.eval()(x), 1),
+                F.log_softmax(teacher(x), 1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        )
+
+
+def test_pruned_weights_stay_exactly_zero(teacher):
+    student = prune_model(teacher.model, 0.8)
+    masks = {name: m.weight_mask.clone() for name, m in prunable_layers(student)}
+    before = {name: m.weight_orig.clone() for name, m in prunable_layers(student)}
+    distill(
+        student,
+        teacher.model,
+        torch.rand(48, 3, 32, 32),
+        teacher.normalization,
+        DistillConfig(epochs=3, batch_size=16, lr=0.05, weight_decay=1e-3),
+    )
+    moved = False
+    for name, m in prunable_layers(student):
+        assert torch.equal(m.weight_mask, masks[name]), "masks never change"
+        assert (m.weight[masks[name] == 0] == 0).all(), f"pruned weights of {name} revived"
+        moved |= not torch.equal(m.weight_orig[masks[name] == 1], before[name][masks[name] == 1])
+    assert moved, "the surviving weights were trained"
+
+
+def test_student_moves_towards_the_teacher(teacher):
+    images = torch.rand(64, 3, 32, 32)
+    student = prune_model(teacher.model, 0.7)
+    before = kl_to_teacher(student, teacher.model, images, teacher.normalization)
+    distill(
+        student,
+        teacher.model,
+        images,
+        teacher.normalization,
+        DistillConfig(epochs=5, batch_size=16, lr=0.05, crop_padding=0, flip=False),
+    )
+    assert kl_to_teacher(student, teacher.model, images, teacher.normalization) < 0.7 * before
+
+
+def test_feature_matching_and_train_mode_bn(teacher):
+    student = prune_model(teacher.model, 0.5)
+    result = distill(student, teacher.model, torch.rand(32, 3, 32, 32), teacher.normalization,
+                     DistillConfig(epochs=1, batch_size=16, feature_weight=1.0, bn_mode="train"))  # fmt: skip
+    assert result.final_loss > 0
+    assert not any(m._forward_hooks for m in teacher.model.modules())
+
+
+def test_feature_matching_needs_matching_layers(teacher):
+    with pytest.raises(ValueError, match="same BatchNorm layers"):
+        distill(create_model("resnet32"), teacher.model, torch.rand(8, 3, 32, 32), teacher.normalization,
+                DistillConfig(epochs=1, feature_weight=1.0))  # fmt: skip
+
+
+def test_frozen_bn_keeps_the_teachers_statistics(teacher):
+    student = prune_model(teacher.model, 0.5)
+    distill(student, teacher.model, torch.rand(32, 3, 32, 32), teacher.normalization, FAST)
+    assert torch.equal(student.bn1.running_mean, teacher.model.bn1.running_mean)
+
+
+def test_evaluation_callback_per_epoch(teacher):
+    student, events, calls = prune_model(teacher.model, 0.5), [], []
+    result = distill(student, teacher.model, torch.rand(16, 3, 32, 32), teacher.normalization,
+                     DistillConfig(epochs=3, batch_size=16, eval_every=2),
+                     evaluate_fn=lambda m: calls.append(m.training) or 50.0 + len(calls), callback=events.append)  # fmt: skip
+    assert [e for e, _ in result.history] == [2, 3]
+    assert [e.step for e in events if isinstance(e, MetricLogged)] == [2, 3]
+
+
+def test_nan_loss_is_reported(teacher):
+    broken = copy.deepcopy(teacher.model)
+    broken.fc.bias.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="distillation loss became nan"):
+        distill(prune_model(teacher.model, 0.5), broken, torch.rand(8, 3, 32, 32), teacher.normalization, FAST)
+
+
+def test_empty_transfer_set(teacher):
+    with pytest.raises(ValueError, match="non-empty"):
+        distill(prune_model(teacher.model, 0.5), teacher.model, torch.rand(0, 3, 32, 32), teacher.normalization, FAST)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("epochs", 0), ("temperature", 0.0), ("bn_mode", "moving"), ("lr", float("nan"))]
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        DistillConfig(**{field: value})
+
+
+def test_augment_crops_and_flips_each_image_independently():
+    torch.manual_seed(0)
+    base = torch.rand(1, 3, 32, 32).expand(64, -1, -1, -1).contiguous()
+    out = augment(base, padding=4, flip=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == base.shape
+    distinct = {tuple(img.flatten()[:50].tolist()) for img in out}
+    assert len(distinct) > 20
+    exact = augment(base, padding=0, flip=False)
+    assert torch.equal(exact, base)
+    shifted = augment(torch.ones(4, 3, 8, 8), padding=2, flip=False, generator=torch.Generator().manual_seed(1))
+    assert ((shifted == 0) | (shifted == 1)).all(), "zero padding, whole-pixel shifts"

@@ -1,0 +1,105 @@
+import pytest
+import torch
+from torch import nn
+
+from dfkd_core import DreamSet, ImagesReady, InversionConfig, Progress, synthesize
+from dfkd_core.invert import _BNStatisticsLoss, _ChannelMoments
+from dfkd_core.zoo import CIFAR10, Teacher
+
+TINY = InversionConfig(num_images=20, batch_size=10, steps=6, preview_every=3)
+
+
+def test_channel_moments_match_torch_and_have_exact_gradients():
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    var, mean = _ChannelMoments.apply(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    assert torch.allclose(var, ref_var) and torch.allclose(mean, ref_mean)
+    assert torch.autograd.gradcheck(_ChannelMoments.apply, (x,))
+
+
+def test_dreams_shape_range_and_balance(teacher):
+    dreams = synthesize(teacher, TINY, seed=1)
+    assert dreams.images.shape == (20, 3, 32, 32) and dreams.images.dtype == torch.float32
+    assert 0.0 <= dreams.images.min() and dreams.images.max() <= 1.0
+    assert dreams.labels.bincount(minlength=10).tolist() == [2] * 10
+    assert 0.0 <= dreams.teacher_top1 <= 100.0
+
+
+def test_seed_makes_it_deterministic(teacher):
+    a, b = synthesize(teacher, TINY, seed=3), synthesize(teacher, TINY, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_bn_statistics_get_closer_to_the_teachers(teacher):
+    def bn_distance(x):
+        loss = _BNStatisticsLoss(teacher.model, first_multiplier=1.0)
+        with torch.no_grad():
+            teacher.model(x)
+        distance = float(loss.pop().detach())
+        loss.remove()
+        return distance
+
+    noise = bn_distance(torch.randn(64, 3, 32, 32))
+    dreams = synthesize(teacher, InversionConfig(num_images=64, batch_size=64, steps=30, r_bn=1.0))
+    assert bn_distance(teacher.normalization.normalize(dreams.images)) < 0.7 * noise
+
+
+def test_callback_sees_images_every_k_steps(teacher):
+    events = []
+    synthesize(teacher, TINY, callback=events.append)
+    snapshots = [e for e in events if isinstance(e, ImagesReady)]
+    assert [e.step for e in snapshots] == [3, 6, 9, 12]
+    assert snapshots[0].images.shape == (10, 3, 32, 32) and snapshots[-1].images.shape == (20, 3, 32, 32)
+    assert all(e.images.device.type == "cpu" for e in snapshots)
+    assert all("loss" in e.metrics for e in events if isinstance(e, Progress))
+
+
+def test_teacher_is_left_as_it_was(teacher):
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    synthesize(teacher, TINY)
+    assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
+    assert all(p.requires_grad for p in teacher.model.parameters())
+    assert not any(m._forward_hooks for m in teacher.model.modules())
+
+
+def test_model_without_batchnorm_is_refused():
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    no_bn = Teacher(plain, "plain", CIFAR10, tuple(str(i) for i in range(10)), "plain")
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        synthesize(no_bn, TINY)
+
+
+def test_nan_loss_stops_with_advice(teacher):
+    teacher.model.bn1.running_var.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="inversion loss became nan.*lower the inversion lr"):
+        synthesize(teacher, TINY)
+
+
+def test_adaptive_deepinversion_needs_and_uses_a_student(teacher):
+    from dfkd_core import prune_model
+
+    config = InversionConfig(num_images=10, batch_size=10, steps=3, adi=1.0)
+    with pytest.raises(ValueError, match="needs the current student"):
+        synthesize(teacher, config)
+    assert len(synthesize(teacher, config, student=prune_model(teacher.model, 0.5))) == 10
+
+
+@pytest.mark.parametrize(
+    "field, value", [("steps", 0), ("num_images", -1), ("lr", -0.1), ("r_bn", float("inf")), ("jitter", -1)]
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        InversionConfig(**{field: value})
+
+
+def test_dream_set_save_load_and_grid(teacher, tmp_path):
+    dreams = synthesize(teacher, TINY)
+    loaded = DreamSet.load(dreams.save(tmp_path / "d.pt"))
+    assert torch.allclose(loaded.images, dreams.images, atol=1 / 255) and torch.equal(loaded.labels, dreams.labels)
+    assert loaded.classes == dreams.classes
+    grid = dreams.grid(per_class=4)
+    assert grid.shape == (3, 10 * 33 + 1, 4 * 33 + 1)
+    assert dreams.save_grid(tmp_path / "g.png").stat().st_size > 0
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a dream set"):
+        DreamSet.load(tmp_path / "junk.pt")

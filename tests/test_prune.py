@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from dfkd_core import create_model, make_permanent, prune_model, sparsity_report
+from dfkd_core.prune import clone_model, count_nonzero_parameters, measured_sparsity, prunable_layers
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75, 0.9])
+def test_global_pruning_hits_the_target(sparsity):
+    model = create_model("resnet20")
+    pruned = prune_model(model, sparsity)
+    assert measured_sparsity(pruned) == pytest.approx(sparsity, abs=1e-4)
+    assert measured_sparsity(model) == 0.0, "the input model is left untouched"
+
+
+def test_global_threshold_is_shared_and_uneven_across_layers():
+    pruned = prune_model(create_model("resnet20"), 0.75)
+    report = sparsity_report(pruned)
+    kept = [m.weight[m.weight != 0].abs().min().item() for _, m in prunable_layers(pruned)]
+    removed = [m.weight_orig[m.weight_mask == 0].abs().max().item() for _, m in prunable_layers(pruned)]
+    assert max(removed) <= min(kept), "one magnitude threshold over all layers"
+    assert max(r.sparsity for r in report) - min(r.sparsity for r in report) > 0.1
+
+
+def test_layerwise_prunes_each_layer_equally():
+    report = sparsity_report(prune_model(create_model("resnet20"), 0.5, scope="layerwise"))
+    assert all(r.sparsity == pytest.approx(0.5, abs=0.01) for r in report)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5"])
+def test_sparsity_outside_range_is_refused(bad):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        prune_model(create_model("resnet20"), bad)
+
+
+def test_masks_stay_attached_until_made_permanent():
+    pruned = prune_model(create_model("resnet20"), 0.6)
+    assert all(hasattr(m, "weight_mask") for _, m in prunable_layers(pruned))
+    zeros_before = (pruned.fc.weight == 0).sum()
+    make_permanent(pruned)
+    assert not any(hasattr(m, "weight_mask") for _, m in prunable_layers(pruned))
+    assert (pruned.fc.weight == 0).sum() == zeros_before
+    assert measured_sparsity(pruned) == pytest.approx(0.6, abs=1e-4)
+
+
+def test_report_and_nonzero_count():
+    model = create_model("resnet20")
+    pruned = prune_model(model, 0.5)
+    report = sparsity_report(pruned)
+    assert [r.name for r in report][:2] == ["conv1", "layer1.0.conv1"] and report[-1].kind == "Linear"
+    permanent = make_permanent(clone_model(pruned))
+    assert count_nonzero_parameters(pruned) == sum(int((p != 0).sum()) for p in permanent.parameters())
+    assert count_nonzero_parameters(pruned) < count_nonzero_parameters(model) - 0.45 * sum(r.total for r in report)
+
+
+def test_model_without_prunable_layers():
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        prune_model(nn.Sequential(nn.ReLU()), 0.5)
+
+
+def test_unknown_scope():
+    with pytest.raises(ValueError, match="scope"):
+        prune_model(create_model("resnet20"), 0.5, scope="channel")
+
+
+def test_pruned_model_still_runs():
+    with torch.no_grad():
+        assert prune_model(create_model("resnet20"), 0.9)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_pruned_models_can_be_cloned_after_training_steps():
+    pruned = prune_model(create_model("resnet20"), 0.5)
+    pruned(torch.randn(2, 3, 32, 32)).sum().backward()  # leaves weight = orig * mask with a graph
+    clone = clone_model(pruned)
+    assert torch.equal(clone.fc.weight_mask, pruned.fc.weight_mask)

@@ -123,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_recipe_flags(rec)
 
-    demo = commands.add_parser("demo", help="launch the Gradio app")
+    demo = commands.add_parser("demo", help="launch the Gradio app (further flags go to demo/app.py, e.g. --data)")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument(
+        "app_args", nargs=argparse.REMAINDER, help="passed on to the app: --data, --teacher-dir, --device"
+    )
     return parser
 
 
@@ -215,7 +218,7 @@ def write_outputs(result: RecoveryResult, out: Path) -> list[Path]:
 
     Files are written to a scratch folder first and moved into ``out`` only when all succeeded.
     """
-    from .plots import curves_figure, sparsity_figure
+    from .plots import dreams_figure, result_figure, sparsity_figure
     from .prune import clone_model, make_permanent
     from .zoo import save_checkpoint
 
@@ -224,11 +227,9 @@ def write_outputs(result: RecoveryResult, out: Path) -> list[Path]:
     try:
         report = result.report()
         (scratch / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        result.dreams.save_grid(scratch / "dreams.png")
+        dreams_figure(result.dreams).savefig(scratch / "dreams.png", dpi=150)
         result.dreams.save(scratch / "dreams.pt")
-        subtitle = f"{result.teacher.arch} at {result.sparsity:.0%} sparsity, curve on {report['curve']['images']:,} test images"
-        curves_figure(result.curve, result.curve_references["teacher"], result.curve_references["pruned"],
-                      result.baselines, subtitle=subtitle).savefig(scratch / "curves.png", dpi=120)  # fmt: skip
+        result_figure(result).savefig(scratch / "curves.png", dpi=120)
         sparsity_figure(result.layers).savefig(scratch / "sparsity.png", dpi=120)
         student = make_permanent(clone_model(result.student).cpu())
         save_checkpoint(scratch / "student.pt", student, result.teacher, sparsity=result.sparsity,
@@ -277,11 +278,20 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from demo.app import main as demo_main
-    except ImportError as err:
-        raise ValueError(f"the app needs the demo extra: pip install 'dfkd[demo]' ({err})") from None
-    return demo_main(["--host", args.host, "--port", str(args.port)])
+    """Start ``demo/app.py`` of the source checkout this package runs from (editable install)."""
+    import importlib.util
+
+    app = Path(__file__).resolve().parents[1] / "demo" / "app.py"
+    if not app.is_file():
+        raise ValueError(
+            "the app ships with the source repository: clone it, `pip install -e '.[demo]'`, then `dfkd demo`"
+        )
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the app needs Gradio: pip install -e '.[demo]'")
+    spec = importlib.util.spec_from_file_location("dfkd_demo_app", app)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.main(["--host", args.host, "--port", str(args.port), *args.app_args])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,13 @@ Pruning masks stay attached, so pruned weights remain exactly zero throughout.
 
 BatchNorm policy (``bn_mode``):
 
-* ``"frozen"`` (default): BatchNorm layers stay in eval mode and normalize with the teacher's
-  running statistics, which describe real data; only their affine parameters are trained.
-  Dream batches never overwrite what the teacher knows about real images.
-* ``"train"``: BatchNorm layers normalize with each dream batch's statistics and update their
-  running averages from dreams.
+* ``"train"`` (default): BatchNorm layers normalize with each dream batch's statistics and
+  re-estimate their running averages from the dreams. Pruning shifts every layer's activation
+  distribution, so the statistics the teacher stored no longer describe the student; the dreams
+  were made to match the teacher's input statistics, which makes them the right data to
+  recalibrate on. This alone is worth several points at 75% sparsity.
+* ``"frozen"``: BatchNorm layers stay in eval mode with the teacher's running statistics and only
+  their affine parameters train (the setting of the paper's reference recipe).
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ class DistillConfig:
 
     epochs: int = 30  # passes over the transfer set
     batch_size: int = 128  # images per SGD step
-    lr: float = 0.01  # SGD peak learning rate, cosine-annealed to zero over all steps
+    lr: float = 0.05  # SGD peak learning rate, cosine-annealed to zero over all steps
     momentum: float = 0.9  # SGD (Nesterov) momentum
     weight_decay: float = 0.0  # L2 weight decay (the pruned student starts at a good minimum)
     temperature: float = 4.0  # softmax temperature T of the KD loss (scaled by T^2)
-    feature_weight: float = 0.0  # weight of the BatchNorm-output matching term (0 = logits only)
+    feature_weight: float = 1.0  # weight of the BatchNorm-output matching term (0 = logits only)
     crop_padding: int = 4  # random-crop augmentation: zero-pad by this many pixels, crop back
     flip: bool = True  # random horizontal flip augmentation
-    bn_mode: str = "frozen"  # "frozen" (teacher's running statistics) or "train" (dream-batch statistics)
+    bn_mode: str = "train"  # "train" (recalibrate on dream batches) or "frozen" (keep the teacher's statistics)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ class InversionConfig:
     batch_size: int = 256  # images optimized jointly; BN statistics are matched per batch
     steps: int = 200  # Adam steps per batch
     lr: float = 0.1  # Adam step size in normalized-pixel units, cosine-annealed to zero
+    ce: float = 1.0  # weight of the cross-entropy to the target classes (0 = BN statistics only)
     r_bn: float = 0.05  # weight of the BatchNorm-statistics loss (sum over BN layers)
     first_bn_multiplier: float = 10.0  # extra weight on the first BN layer, which sees raw colours
     tv_l1: float = 0.0  # weight of the L1 total-variation prior (mean absolute pixel difference)
@@ -56,7 +57,7 @@ class InversionConfig:
         for name in ("num_images", "batch_size", "steps", "preview_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"inversion {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi", "adi_temperature"):
+        for name in ("lr", "ce", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi", "adi_temperature"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"inversion {name} must be a finite number >= 0, got {value!r}")
@@ -263,7 +264,7 @@ def iter_synthesize(
                 logits = model(view)
                 ce = F.cross_entropy(logits, targets)
                 bn = bn_loss.pop()
-                loss = ce + config.r_bn * bn
+                loss = config.ce * ce + config.r_bn * bn
                 if config.tv_l1 or config.tv_l2:
                     tv1, tv2 = total_variation(view)
                     loss = loss + config.tv_l1 * tv1 + config.tv_l2 * tv2

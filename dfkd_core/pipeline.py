@@ -16,6 +16,7 @@ import platform
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from . import __version__
 from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
 from .distill import DistillConfig, iter_distill
 from .evaluate import evaluate
-from .events import Event, Finished, MetricLogged, Notice, StageFinished, StageStarted, drain
+from .events import Event, Finished, MetricLogged, Notice, Progress, StageFinished, StageStarted, drain
 from .invert import DreamSet, InversionConfig, iter_synthesize
 from .prune import LayerSparsity, clone_model, measured_sparsity, prune_model, sparsity_report
 from .zoo import Teacher, load_teacher
@@ -57,8 +58,12 @@ PRESETS: dict[str, Recipe] = {
     "default": Recipe(),
     # A CPU-friendly budget: a few minutes end to end on two cores for a ResNet-20.
     "quick": Recipe(InversionConfig(num_images=512, steps=100), DistillConfig(epochs=20)),
-    # The reference recipe of the paper: 1,024 dreams x 200 steps, logits-only KD for 30 epochs.
-    "paper": Recipe(InversionConfig(num_images=1024, steps=200), DistillConfig(epochs=30, feature_weight=0.0)),
+    # The reference recipe of the paper: 1,024 dreams x 200 steps, logits-only KD for 30 epochs with
+    # the teacher's BatchNorm statistics kept.
+    "paper": Recipe(
+        InversionConfig(num_images=1024, steps=200),
+        DistillConfig(epochs=30, lr=0.01, feature_weight=0.0, bn_mode="frozen"),
+    ),
 }
 
 
@@ -112,7 +117,7 @@ class RecoveryResult:
     sparsity: float  # measured fraction of zero prunable weights
     layers: list[LayerSparsity]
     curve: list[tuple[int, float]]  # (epoch, accuracy on the curve subset); epoch 0 = pruned
-    curve_references: dict[str, float]  # teacher and pruned accuracy on the curve subset
+    curve_references: dict[str, float]  # teacher, pruned and baseline accuracy on the curve subset
     baselines: dict[str, float | None]
     timings: dict[str, float]
     eval_info: dict[str, Any]
@@ -191,6 +196,15 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+_TEACHER_ACCURACY: dict[tuple[Any, ...], float] = {}  # a teacher's full-split accuracy, measured once per process
+
+
+def _fingerprint(teacher: str) -> tuple[str, int]:
+    """A teacher's identity for the accuracy cache: the id or path, and the file's modification time."""
+    path = Path(teacher).expanduser()
+    return teacher, path.stat().st_mtime_ns if path.is_file() else 0
+
+
 def _check_batchnorm(model: nn.Module) -> None:
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError(
@@ -201,6 +215,11 @@ def _check_batchnorm(model: nn.Module) -> None:
 
 def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator[Event, None, RecoveryResult]:
     """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
+
+    Stages, in order: ``load``, ``prune`` (the accuracy cliff, on the curve subset), ``synthesize``,
+    ``distill`` (accuracy per epoch on the curve subset), ``baseline_noise``/``baseline_real``
+    and ``evaluate`` (the reported numbers, on the full split unless ``eval_per_class`` is set).
+    Cheap checks come first and the full-split evaluation last, so dreams appear within seconds.
 
     ``dreams`` reuses a dream set synthesized earlier from the same teacher (dreams do not
     depend on the sparsity unless Adaptive DeepInversion is on); the synthesis is then skipped
@@ -222,41 +241,36 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
             f"evaluation data {config.data!r} has {len(test_set.classes)} classes but the teacher predicts "
             f"{teacher.num_classes}; use data whose class folders match the teacher's outputs"
         )
+    if dreams is not None and dreams.classes != teacher.classes:
+        raise ValueError(
+            f"the given dreams were made for classes {dreams.classes}, not the teacher's {teacher.classes}"
+        )
     if "real" in config.baselines and not train_split_available(config.data):
         yield Notice("load", f"{config.data} has no train/ split: the real-data baseline is skipped (reported as null)")
     eval_set = test_set.stratified_subset(config.eval_per_class, config.seed) if config.eval_per_class else test_set
     curve_set = test_set.stratified_subset(config.curve_per_class, config.seed) if config.curve_per_class else eval_set
     teacher.model.to(device)
+    timings["load"] = time.perf_counter() - t0
+    yield StageFinished("load", timings["load"], {"eval_images": len(eval_set), "curve_images": len(curve_set)})
 
     def measure(model: nn.Module, images: ImageSet = eval_set) -> float:
         return evaluate(model, images, teacher.normalization, device=device)
-
-    teacher_acc = measure(teacher.model)
-    yield MetricLogged("load", "teacher_accuracy", teacher_acc)
-    timings["load"] = time.perf_counter() - t0
-    yield StageFinished("load", timings["load"], {"teacher_accuracy": teacher_acc, "eval_images": len(eval_set)})
 
     yield StageStarted("prune", 0, f"{config.scope} L1 pruning to {config.sparsity:.0%}")
     t0 = time.perf_counter()
     pruned = prune_model(teacher.model, config.sparsity, config.scope)
     layers = sparsity_report(pruned)
     sparsity = measured_sparsity(pruned)
-    pruned_acc = measure(pruned)
-    yield MetricLogged("prune", "pruned_accuracy", pruned_acc)
     references = {"teacher": measure(teacher.model, curve_set), "pruned": measure(pruned, curve_set)}
+    yield MetricLogged("prune", "teacher_curve_accuracy", references["teacher"])
+    yield MetricLogged("prune", "pruned_curve_accuracy", references["pruned"])
     timings["prune"] = time.perf_counter() - t0
-    yield StageFinished(
-        "prune", timings["prune"], {"sparsity": sparsity, "pruned_accuracy": pruned_acc, "layers": layers}
-    )
+    yield StageFinished("prune", timings["prune"], {"sparsity": sparsity, "layers": layers})
 
     student = clone_model(pruned)
     if dreams is None:
         dreams = yield from iter_synthesize(teacher, recipe.inversion, student=student, device=device, seed=config.seed)
     else:
-        if dreams.classes != teacher.classes:
-            raise ValueError(
-                f"the given dreams are of classes {dreams.classes[:3]}..., not the teacher's {teacher.classes[:3]}..."
-            )
         yield StageStarted("synthesize", 0, f"reusing {len(dreams)} dreams synthesized earlier")
         yield StageFinished("synthesize", 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
     timings["synthesis"] = dreams.seconds
@@ -268,8 +282,6 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         student, teacher.model, dreams.images, teacher.normalization, recipe.distill,
         evaluate_fn=lambda m: measure(m, curve_set), device=device, seed=config.seed,
     )  # fmt: skip
-    recovered_acc = measure(student)
-    yield MetricLogged("distill", "recovered_accuracy", recovered_acc)
     timings["distillation"] = time.perf_counter() - t0
 
     baselines: dict[str, float | None] = {"noise": None, "real": None}
@@ -288,16 +300,32 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         yield from iter_distill(baseline_student, teacher.model, images, teacher.normalization, recipe.distill,
                                 device=device, seed=config.seed, stage=f"baseline_{name}")  # fmt: skip
         baselines[name] = measure(baseline_student)
-        yield MetricLogged(
-            f"baseline_{name}", f"{name}_kd_accuracy" if name == "noise" else "real_data_accuracy", baselines[name]
-        )
+        references[name] = measure(baseline_student, curve_set) if curve_set is not eval_set else baselines[name]
+        yield MetricLogged(f"baseline_{name}", f"{name}_curve_accuracy", references[name])
+        yield MetricLogged(f"baseline_{name}", f"{name}_accuracy", baselines[name])
         timings[f"baseline_{name}"] = time.perf_counter() - t0
         del baseline_student
+
+    yield StageStarted("evaluate", 3, f"top-1 on {len(eval_set):,} held-out images")
+    t0 = time.perf_counter()
+    final = {}
+    teacher_key = (_fingerprint(config.teacher), teacher.arch, teacher.normalization, test_set.name, len(test_set),
+                   len(eval_set), config.seed, str(device))  # fmt: skip
+    for step, (name, model) in enumerate((("teacher", teacher.model), ("pruned", pruned), ("recovered", student)), 1):
+        if name == "teacher":
+            final[name] = _TEACHER_ACCURACY.get(teacher_key) or measure(model)
+            _TEACHER_ACCURACY[teacher_key] = final[name]
+        else:
+            final[name] = measure(model)
+        yield MetricLogged("evaluate", f"{name}_accuracy", final[name])
+        yield Progress("evaluate", step, 3)
+    timings["evaluation"] = time.perf_counter() - t0
+    yield StageFinished("evaluate", timings["evaluation"], final)
 
     timings["total"] = time.perf_counter() - started
     result = RecoveryResult(
         config=config, teacher=teacher, student=student, dreams=dreams,
-        teacher_acc=teacher_acc, pruned_acc=pruned_acc, recovered_acc=recovered_acc,
+        teacher_acc=final["teacher"], pruned_acc=final["pruned"], recovered_acc=final["recovered"],
         sparsity=sparsity, layers=layers, curve=[(0, references["pruned"])] + distilled.history,
         curve_references=references, baselines=baselines, timings=timings,
         eval_info={"dataset": test_set.name, "num_images": len(eval_set), "full_split": len(eval_set) == len(test_set),
@@ -308,9 +336,9 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
     return result
 
 
-def run_recovery(config: RecoveryConfig, callback=None) -> RecoveryResult:
+def run_recovery(config: RecoveryConfig, callback=None, dreams: DreamSet | None = None) -> RecoveryResult:
     """Run :func:`recover` to the end; ``callback(event)`` sees every event on the way."""
-    return drain(recover(config), callback)
+    return drain(recover(config, dreams), callback)
 
 
 def with_overrides(

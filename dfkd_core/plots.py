@@ -8,12 +8,17 @@ global backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
 from .prune import LayerSparsity
 
-__all__ = ["curves_figure", "sparsity_figure"]
+if TYPE_CHECKING:
+    from .invert import DreamSet
+    from .pipeline import RecoveryResult
+
+__all__ = ["curves_figure", "dreams_figure", "result_figure", "sparsity_figure"]
 
 
 def curves_figure(
@@ -60,4 +65,34 @@ def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
     overall = 100 * sum(r.zeros for r in layers) / max(1, total)
     ax.set_title(title or f"Per-layer sparsity (overall {overall:.1f}% of {total:,} weights)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def result_figure(result: RecoveryResult) -> Figure:
+    """The curve of a finished run, every reference measured on the same curve subset."""
+    refs = result.curve_references
+    images = result.eval_info["curve_images"]
+    return curves_figure(
+        result.curve,
+        refs["teacher"],
+        refs["pruned"],
+        {name: refs.get(name) for name in ("noise", "real")},
+        subtitle=f"{result.teacher.arch} at {result.sparsity:.0%} sparsity, accuracy on {images:,} test images",
+    )
+
+
+def dreams_figure(dreams: DreamSet, per_class: int = 8, title: str = "") -> Figure:
+    """The dream grid with one labeled row per class."""
+    grid = dreams.grid(per_class).permute(1, 2, 0).numpy()
+    rows = len(dreams.classes)
+    fig = Figure(figsize=(0.55 * per_class + 1.3, 0.55 * rows + 0.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(grid, interpolation="nearest")
+    cell = grid.shape[0] / rows
+    ax.set_yticks([cell * (r + 0.5) for r in range(rows)], dreams.classes, fontsize=8)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    default = f"{len(dreams):,} dreams, {dreams.steps} steps; teacher top-1 on them {dreams.teacher_top1:.0f}%"
+    ax.set_title(title or default, fontsize=9)
     return fig

@@ -312,7 +312,7 @@ def load_teacher(
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(record.url).name
         raise ValueError(
             f"cannot fetch weights for {teacher!r} from {record.url} ({err}). Offline, place the file at {cache} "
-            "or pass a local checkpoint path with --arch and --normalization."
+            "or use a local checkpoint file instead (with its architecture and input normalization)."
         ) from None
     model = create_model(record.arch, num_classes=len(record.classes))
     _load_weights(model, _clean_state_dict(raw), record.url)

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -71,10 +72,14 @@ def test_feature_matching_needs_matching_layers(teacher):
                 DistillConfig(epochs=1, feature_weight=1.0))  # fmt: skip
 
 
-def test_frozen_bn_keeps_the_teachers_statistics(teacher):
-    student = prune_model(teacher.model, 0.5)
-    distill(student, teacher.model, torch.rand(32, 3, 32, 32), teacher.normalization, FAST)
-    assert torch.equal(student.bn1.running_mean, teacher.model.bn1.running_mean)
+def test_bn_policies(teacher):
+    """ "frozen" keeps the teacher's running statistics; "train" re-estimates them from the images."""
+    frozen, recalibrated = prune_model(teacher.model, 0.5), prune_model(teacher.model, 0.5)
+    images = torch.rand(32, 3, 32, 32)
+    distill(frozen, teacher.model, images, teacher.normalization, replace(FAST, bn_mode="frozen"))
+    distill(recalibrated, teacher.model, images, teacher.normalization, replace(FAST, bn_mode="train"))
+    assert torch.equal(frozen.bn1.running_mean, teacher.model.bn1.running_mean)
+    assert not torch.equal(recalibrated.bn1.running_mean, teacher.model.bn1.running_mean)
 
 
 def test_evaluation_callback_per_epoch(teacher):

@@ -43,16 +43,21 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
         ("StageStarted", "synthesize"), ("StageFinished", "synthesize"),
         ("StageStarted", "distill"), ("StageFinished", "distill"),
         ("StageStarted", "baseline_noise"), ("StageFinished", "baseline_noise"),
+        ("StageStarted", "evaluate"), ("StageFinished", "evaluate"),
     ]  # fmt: skip
     assert [e.step for e in events if isinstance(e, Progress) and e.stage == "synthesize"] == [1, 2]
     assert [e.step for e in events if isinstance(e, ImagesReady)] == [1, 2]
     metrics = [(e.stage, e.name, e.step) for e in events if isinstance(e, MetricLogged)]
     assert metrics == [
-        ("load", "teacher_accuracy", 0), ("prune", "pruned_accuracy", 0),
+        ("prune", "teacher_curve_accuracy", 0), ("prune", "pruned_curve_accuracy", 0),
         ("synthesize", "teacher_top1_on_dreams", 0),
         ("distill", "accuracy", 0), ("distill", "accuracy", 1), ("distill", "accuracy", 2),
-        ("distill", "recovered_accuracy", 0), ("baseline_noise", "noise_kd_accuracy", 0),
+        ("baseline_noise", "noise_curve_accuracy", 0), ("baseline_noise", "noise_accuracy", 0),
+        ("evaluate", "teacher_accuracy", 0), ("evaluate", "pruned_accuracy", 0), ("evaluate", "recovered_accuracy", 0),
     ]  # fmt: skip
+    first_images = next(i for i, e in enumerate(events) if isinstance(e, ImagesReady))
+    first_full_eval = next(i for i, e in enumerate(events) if isinstance(e, MetricLogged) and e.stage == "evaluate")
+    assert first_images < first_full_eval, "dreams are shown before the slow full-split evaluation"
     assert isinstance(events[-1], Finished)
 
 
@@ -173,6 +178,14 @@ def test_bad_device_name():
 def test_presets():
     assert set(PRESETS) >= {"quick", "default", "paper"}
     assert get_preset("default") == Recipe()
-    assert PRESETS["paper"].distill.feature_weight == 0.0
+    assert PRESETS["paper"].distill.feature_weight == 0.0 and PRESETS["paper"].distill.bn_mode == "frozen"
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         get_preset("fast")
+
+
+def test_dreams_can_be_reused(teacher_checkpoint, image_root):
+    first = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=()))
+    events = list(recover(tiny_config(teacher_checkpoint, image_root, baselines=()), first.dreams))
+    assert not any(isinstance(e, ImagesReady) for e in events)
+    result = events[-1].result
+    assert result.dreams is first.dreams and result.timings["synthesis"] == first.dreams.seconds

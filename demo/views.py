@@ -1,0 +1,276 @@
+"""What the page shows, computed from the pipeline's events: dream tiles, plots, status and tables.
+
+:class:`LiveView` keeps the little state a run's display needs (the curve so far, the loss
+history, the stage and its clock) and answers each event with only the outputs it changed,
+so the page is never re-sent what it already shows. Nothing here computes anything of the
+method: every number comes from an event or from the run's :class:`~demo.runner.Outcome`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from dfkd_core.events import Event, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
+from dfkd_core.plots import curves_figure, sparsity_figure
+
+from .runner import DREAMS_PER_CLASS, Outcome
+
+__all__ = ["STAGES", "LiveView", "dream_tiles", "format_bytes", "format_seconds", "loss_figure"]
+
+# The stages of dfkd_core.recover() in order, as a newcomer would name them.
+STAGES = {
+    "load": "Loading the teacher and the test images",
+    "prune": "Pruning: removing the smallest weights",
+    "synthesize": "Dreaming images out of the teacher's BatchNorm statistics",
+    "distill": "Distilling: the pruned student learns from the teacher on the dreams",
+    "baseline_noise": "Baseline: the same distillation on random noise",
+    "evaluate": "Final accuracy on the full test split",
+}
+STAGE_ORDER = ("load", "prune", "synthesize", "distill", "baseline_noise", "evaluate")
+LOSS_NAMES = {"loss": "total", "ce": "class (cross-entropy)", "bn": "BatchNorm statistics"}
+SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "checkpoint size", "zipped"]
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def format_bytes(count: int) -> str:
+    return f"{count / 1e6:.2f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
+
+
+def dream_tiles(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    per_class: int = DREAMS_PER_CLASS,
+    scale: int = 3,
+) -> list[tuple[np.ndarray, str]]:
+    """One square tile per class with its latest ``per_class`` dreams, captioned with the class name.
+
+    ``images`` are ``(N, 3, H, W)`` pixels in [0, 1]; each dream is enlarged ``scale`` times
+    (nearest neighbour) so the 32x32 pictures stay crisp on a projector.
+    """
+    side = math.ceil(math.sqrt(per_class))
+    h, w = images.shape[-2] * scale, images.shape[-1] * scale
+    gap = 2
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels_np = labels.numpy()
+    tiles = []
+    for c, name in enumerate(classes):
+        members = pixels[labels_np == c][-per_class:]
+        tile = np.full((side * (h + gap) - gap, side * (w + gap) - gap, 3), 255, dtype=np.uint8)
+        for i, image in enumerate(members):
+            row, col = divmod(i, side)
+            big = image.repeat(scale, axis=0).repeat(scale, axis=1)
+            tile[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = big
+        tiles.append((tile, name))
+    return tiles
+
+
+def loss_figure(history: list[tuple[int, dict[str, float]]]) -> Figure:
+    """The inversion losses against the step, on a log scale (they fall by orders of magnitude)."""
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    steps = [s for s, _ in history]
+    for key, label in LOSS_NAMES.items():
+        values = [max(m[key], 1e-6) for _, m in history if key in m]
+        if len(values) == len(steps) and values:
+            ax.plot(steps, values, label=label, linewidth=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("inversion step")
+    ax.set_ylabel("loss (log scale)")
+    ax.set_title("Dream losses (lower is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if steps:
+        ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+class LiveView:
+    """The display state of one run. ``apply(item)`` returns ``{output name: new value}`` for what changed.
+
+    Output names: ``dreams``, ``losses``, ``accuracy``, ``log``, ``sparsity``, ``summary``,
+    ``files``, ``status`` and ``warning`` (a message for a pop-up).
+    """
+
+    def __init__(self, title: str, sparsity: float, epochs: int, device: str):
+        self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
+        self.started = time.perf_counter()
+        self.stage, self.stage_started, self.step, self.total = "", self.started, 0, 0
+        self.note = "Starting..."
+        self.story: list[str] = []  # one line per finding, in the order the run makes them
+        self.references: dict[str, float] = {}
+        self.curve: list[tuple[int, float]] = []
+        self.noise: float | None = None  # KD-on-noise accuracy on the live subset, known at the end
+        self.losses: list[tuple[int, dict[str, float]]] = []
+        self.curve_images = self.eval_images = 0
+        self.state = "running"  # "running", "done", "stopped" or "failed"
+
+    # --- events in ---------------------------------------------------------------------------------------
+
+    def apply(self, item: Event | Outcome) -> dict[str, Any]:
+        if isinstance(item, Outcome):
+            return self._finish(item)
+        if isinstance(item, StageStarted):
+            self.stage, self.stage_started, self.step, self.total = item.stage, time.perf_counter(), 0, item.total
+            self.note = item.description
+            return {"status": self.status()}
+        if isinstance(item, Progress):
+            self.step, self.total = item.step, item.total
+            if item.stage == "synthesize" and item.metrics:
+                self.losses.append((item.step, dict(item.metrics)))
+            return {"status": self.status()}
+        if isinstance(item, ImagesReady):
+            return {"dreams": dream_tiles(item.images, item.labels, item.classes), "losses": loss_figure(self.losses)}
+        if isinstance(item, MetricLogged):
+            return self._metric(item)
+        if isinstance(item, StageFinished):
+            return self._stage_finished(item)
+        if isinstance(item, Notice):
+            return {"warning": item.message, "status": self.status()}
+        return {}
+
+    def _metric(self, item: MetricLogged) -> dict[str, Any]:
+        if item.name in ("teacher_curve_accuracy", "pruned_curve_accuracy"):
+            self.references[item.name.split("_")[0]] = item.value
+            return {}
+        if item.stage == "synthesize" and item.name == "teacher_top1_on_dreams":
+            self.story.append(f"The teacher labels {item.value:.0f}% of the dreams as the class they were dreamed for.")
+            return {"status": self.status()}
+        if item.stage == "distill" and item.name == "accuracy":
+            self.curve.append((item.step, item.value))
+            return {"accuracy": self.accuracy_figure(), "log": self.log_rows(), "status": self.status()}
+        if item.name == "noise_curve_accuracy":  # on the live subset, like the rest of the plot
+            self.noise = item.value
+            return {"accuracy": self.accuracy_figure()}
+        if item.name == "noise_accuracy":
+            self.story.append(f"The same distillation on random noise reaches {item.value:.1f}% (full test split).")
+            return {"status": self.status()}
+        return {}
+
+    def _stage_finished(self, item: StageFinished) -> dict[str, Any]:
+        if item.stage == "load":
+            self.curve_images = int(item.summary.get("curve_images", 0))
+            self.eval_images = int(item.summary.get("eval_images", 0))
+            return {"status": self.status()}
+        if item.stage == "prune":
+            self.sparsity = float(item.summary.get("sparsity", self.sparsity))
+            teacher, pruned = self.references.get("teacher"), self.references.get("pruned")
+            if teacher is not None and pruned is not None:
+                self.story.append(
+                    f"Pruning removed {self.sparsity:.0%} of the weights: accuracy fell from {teacher:.1f}% "
+                    f"to {pruned:.1f}%."
+                )
+            changed: dict[str, Any] = {"status": self.status(), "accuracy": self.accuracy_figure()}
+            if "layers" in item.summary:
+                changed["sparsity"] = sparsity_figure(item.summary["layers"])
+            return changed
+        if item.stage == "synthesize":
+            return {"losses": loss_figure(self.losses)} if self.losses else {}
+        if item.stage == "distill" and len(self.curve) > 1:
+            start, end = self.curve[0][1], self.curve[-1][1]
+            self.story.append(
+                f"Distillation on the dreams: {start:.1f}% -> {end:.1f}% after {self.curve[-1][0]} epochs."
+            )
+            return {"status": self.status()}
+        return {}
+
+    def _finish(self, outcome: Outcome) -> dict[str, Any]:
+        self.state = "done"
+        self.noise = outcome.curve_references.get("noise")  # on the live subset, like the rest of the plot
+        self.curve = list(outcome.curve)
+        split = "full test split" if outcome.full_split else "test subset"
+        line = (
+            f"Final, {split} ({outcome.eval_images:,} images): teacher {outcome.teacher_acc:.2f}%, "
+            f"pruned {outcome.pruned_acc:.2f}%, recovered {outcome.recovered_acc:.2f}%"
+        )
+        self.story.append(line + (f", KD on noise {outcome.noise_acc:.2f}%." if outcome.noise_acc is not None else "."))
+        return {
+            "accuracy": self.accuracy_figure(),
+            "log": self.log_rows(),
+            "summary": summary_rows(outcome),
+            "files": list(outcome.files),
+            "status": self.status(),
+        }
+
+    def stopped(self) -> dict[str, Any]:
+        self.state, self.note = "stopped", "Press Run to start again."
+        return {"status": self.status()}
+
+    def failed(self, message: str) -> dict[str, Any]:
+        self.state, self.note = "failed", message
+        return {"status": self.status()}
+
+    # --- outputs -----------------------------------------------------------------------------------------
+
+    def accuracy_figure(self) -> Figure | None:
+        if "teacher" not in self.references or "pruned" not in self.references:
+            return None
+        where = f"live accuracy on {self.curve_images:,} test images" if self.curve_images else "live accuracy"
+        subtitle = f"{self.title} at {self.sparsity:.0%} sparsity, {where}"
+        baselines = {"noise": self.noise} if self.noise is not None else None
+        return curves_figure(self.curve, self.references["teacher"], self.references["pruned"], baselines,
+                             epochs=self.epochs, subtitle=subtitle)  # fmt: skip
+
+    def log_rows(self) -> list[list[float]]:
+        return [[epoch, round(accuracy, 2)] for epoch, accuracy in self.curve]
+
+    def status(self) -> str:
+        """The stage, a progress bar, elapsed and remaining time, what was found so far, and where it runs."""
+        now = time.perf_counter()
+        elapsed = format_seconds(now - self.started)
+        if self.state == "running":
+            index = STAGE_ORDER.index(self.stage) + 1 if self.stage in STAGE_ORDER else 0
+            name = STAGES.get(self.stage, "Preparing")
+            head = f"Stage {index} of {len(STAGE_ORDER)}: {name}" if index else name
+            fraction = self.step / self.total if self.total else 0.0
+            timing = f"elapsed {elapsed}"
+            if self.step and self.total:
+                left = (now - self.stage_started) / self.step * (self.total - self.step)
+                timing += f" · about {format_seconds(left)} left in this stage"
+                head += f" (step {self.step:,} of {self.total:,})"
+            bar = f'<progress value="{fraction:.3f}" max="1" style="width:100%"></progress>'
+        else:
+            head = {"done": "Done", "stopped": "Stopped", "failed": "Failed"}[self.state]
+            timing, bar = f"took {elapsed}", ""
+        lines = [f"<b>{html.escape(head)}</b>", bar, f"{html.escape(timing)} · on {html.escape(self.device)}"]
+        if self.note and self.state != "done":
+            lines.append(html.escape(self.note))
+        if self.story:
+            lines.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in self.story) + "</ul>")
+        if self.curve_images:
+            lines.append(
+                f"<small>Live accuracy: a fixed stratified subset of {self.curve_images:,} test images. Final "
+                f"numbers: the full test split ({self.eval_images:,} images).</small>"
+            )
+        return '<div class="dfkd-status">' + "".join(f"<div>{line}</div>" for line in lines if line) + "</div>"
+
+
+def summary_rows(outcome: Outcome) -> list[list[str]]:
+    """Teacher, pruned, recovered and noise baseline: accuracy, nonzero parameters, size on disk.
+
+    The pruned, recovered and noise students share one mask and one file layout, so they share
+    the parameter count and the checkpoint size; only the recovered one is saved (and zipped).
+    """
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}%"
+
+    student = f"{outcome.student_nonzero:,}"
+    size = format_bytes(outcome.student_bytes)
+    return [
+        ["Teacher (dense)", pct(outcome.teacher_acc), f"{outcome.teacher_nonzero:,}",
+         format_bytes(outcome.teacher_bytes), format_bytes(outcome.teacher_zipped)],
+        ["Pruned, no recovery", pct(outcome.pruned_acc), student, size, "-"],
+        ["Recovered: KD on dreams", pct(outcome.recovered_acc), student, size, format_bytes(outcome.student_zipped)],
+        ["Baseline: KD on noise", pct(outcome.noise_acc), student, size, "-"],
+    ]  # fmt: skip

@@ -104,23 +104,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"oracle {result.baselines['real']} ({result.timings['total']:.0f} s)",
                 flush=True,
             )
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+            table = write_results(args, argv, rows, time.perf_counter() - started)  # after every row: no lost work
+    print(table)
+    return 0
+
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], wall_s: float) -> str:
+    """Write recovery.json and recovery.md for the rows so far; returns the markdown table."""
+    command = "python " + " ".join(["benchmarks/recovery.py", *(argv if argv is not None else sys.argv[1:])])
     meta = {
         "command": command,
         "machine": machine(),
         "device": rows[0]["device"],
         "versions": rows[0]["versions"],
         "preset": args.preset,
-        "wall_s": round(time.perf_counter() - started),
+        "wall_s": round(wall_s),
     }
     (args.out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     title = (
         f"Recovery on CIFAR-10 (JPEG) test, 10,000 images; preset `{args.preset}`; {meta['machine']}; "
         f"torch {torch.__version__}; `{command}`"
     )
-    (args.out / "recovery.md").write_text(markdown(rows, title))
-    print(markdown(rows, title))
-    return 0
+    table = markdown(rows, title)
+    (args.out / "recovery.md").write_text(table)
+    return table
 
 
 if __name__ == "__main__":

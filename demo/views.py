@@ -35,6 +35,7 @@ STAGES = {
 }
 STAGE_ORDER = ("load", "prune", "synthesize", "distill", "baseline_noise", "evaluate")
 LOSS_NAMES = {"loss": "total", "ce": "class (cross-entropy)", "bn": "BatchNorm statistics"}
+LOSS_REFRESH_S = 5.0  # seconds between redraws of the loss plot while dreams form (drawn again at the end)
 SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "checkpoint size", "zipped"]
 
 
@@ -105,6 +106,7 @@ class LiveView:
     def __init__(self, title: str, sparsity: float, epochs: int, device: str):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
         self.started = time.perf_counter()
+        self.losses_drawn = -math.inf
         self.stage, self.stage_started, self.step, self.total = "", self.started, 0, 0
         self.note = "Starting..."
         self.story: list[str] = []  # one line per finding, in the order the run makes them
@@ -130,7 +132,11 @@ class LiveView:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
-            return {"dreams": dream_tiles(item.images, item.labels, item.classes), "losses": loss_figure(self.losses)}
+            changed: dict[str, Any] = {"dreams": dream_tiles(item.images, item.labels, item.classes)}
+            if time.perf_counter() - self.losses_drawn >= LOSS_REFRESH_S:  # a figure costs CPU the run needs
+                self.losses_drawn = time.perf_counter()
+                changed["losses"] = loss_figure(self.losses)
+            return changed
         if isinstance(item, MetricLogged):
             return self._metric(item)
         if isinstance(item, StageFinished):

@@ -51,7 +51,7 @@ class InversionConfig:
     flip: bool = True  # random horizontal flip of the input each step
     adi: float = 0.0  # Adaptive DeepInversion: weight of the teacher-student disagreement term
     adi_temperature: float = 3.0  # softmax temperature of the disagreement term
-    preview_every: int = 10  # steps between live snapshots of the images (and loss reports)
+    preview_every: int = 10  # steps between live snapshots of the images and losses (also after each first step)
 
     def __post_init__(self) -> None:
         for name in ("num_images", "batch_size", "steps", "preview_every"):
@@ -282,7 +282,7 @@ def iter_synthesize(
                 with torch.no_grad():
                     x.copy_(torch.maximum(torch.minimum(x, high), low))
                 step = b * config.steps + t + 1
-                if (t + 1) % config.preview_every == 0 or t + 1 == config.steps:
+                if t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == config.steps:  # first: the noise
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise FloatingPointError(

@@ -102,7 +102,7 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
     grids = new_values(job, DREAMS)
     assert len(grids) >= 3, "the dream grid is refreshed while the dreams form"
     assert [tile["caption"] for tile in grids[-1]] == list(CIFAR10_CLASSES)
-    assert len(new_values(job, LOSSES)) >= 3
+    assert len(new_values(job, LOSSES)) >= 2, "the loss plot shows during synthesis (throttled) and at its end"
     assert len(new_values(job, ACCURACY)) >= 3, "the accuracy plot grows epoch by epoch"
     assert [row[0] for row in new_values(job, LOG)[-1]["data"]] == [0, 1, 2]
     assert len(new_values(job, SUMMARY)) == 2, "the summary is cleared at the start and filled at the end"

@@ -48,8 +48,9 @@ def test_callback_sees_images_every_k_steps(teacher):
     events = []
     synthesize(teacher, TINY, callback=events.append)
     snapshots = [e for e in events if isinstance(e, ImagesReady)]
-    assert [e.step for e in snapshots] == [3, 6, 9, 12]
+    assert [e.step for e in snapshots] == [1, 3, 6, 7, 9, 12]  # the first step of each batch shows its noise
     assert snapshots[0].images.shape == (10, 3, 32, 32) and snapshots[-1].images.shape == (20, 3, 32, 32)
+    assert snapshots[3].images.shape == (20, 3, 32, 32), "earlier batches stay in the picture"
     assert all(e.images.device.type == "cpu" for e in snapshots)
     assert all("loss" in e.metrics for e in events if isinstance(e, Progress))
 

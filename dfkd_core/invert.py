@@ -16,7 +16,9 @@ pixels are clipped to the valid range, and the lowest-loss iterate of each batch
 
 from __future__ import annotations
 
+import copy
 import math
+import operator
 import os
 import time
 from collections.abc import Generator
@@ -160,10 +162,115 @@ class _ChannelMoments(torch.autograd.Function):
         return torch.addcmul(shift, x, scale)
 
 
-class _BNStatisticsLoss:
-    """Forward hooks that compare each BatchNorm input's batch statistics with its running ones."""
+def _bn_distance(mean: torch.Tensor, var: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    return torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
 
-    def __init__(self, model: nn.Module, first_multiplier: float):
+
+class _FoldedBatchNorm(nn.Module):
+    """Stands where a BatchNorm was after it is folded into the convolution before it.
+
+    The folded convolution already outputs ``z = a * y + c`` (``y`` the BatchNorm's input,
+    ``a = gamma / sqrt(running_var + eps)``, ``c = beta - a * running_mean``), so this module
+    passes ``z`` on untouched and scores the batch statistics of ``y`` from those of ``z``:
+    ``mean_y - running_mean = (mean_z - beta) / a`` and ``var_y = var_z / a^2``. The loss is the
+    one of the unfolded teacher; the BatchNorm's own forward and backward passes are saved.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, weight: float, terms: list[torch.Tensor]):
+        super().__init__()
+        scale = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)
+        self.register_buffer("inv_scale", (1.0 / scale).detach().clone())
+        self.register_buffer("beta", (bn.bias if bn.affine else torch.zeros_like(scale)).detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+        self.weight, self.terms = weight, terms
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        var, mean = _ChannelMoments.apply(z)
+        distance = torch.linalg.vector_norm((mean - self.beta) * self.inv_scale) + torch.linalg.vector_norm(
+            var * self.inv_scale.square() - self.running_var
+        )
+        self.terms.append(self.weight * distance)
+        return z
+
+
+def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms: list[torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` (as a ``torch.fx`` graph) with every Conv2d -> BatchNorm2d pair folded.
+
+    Raises if the model cannot be traced or a pair cannot be folded exactly (a BatchNorm not fed by
+    its own convolution, or a channel whose scale is ~0, whose statistics a fold would lose); the
+    caller then keeps the hooked, unfolded teacher.
+    """
+    from torch.fx import symbolic_trace
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    graph = symbolic_trace(model)
+    modules = dict(graph.named_modules())
+    originals = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in graph.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            continue
+        bn, source = modules[node.target], node.args[0]
+        conv = modules.get(source.target) if getattr(source, "op", None) == "call_module" else None
+        exact = (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(bn, nn.BatchNorm2d)
+            and calls[source.target] == 1
+            and calls[node.target] == 1
+            and len(source.users) == 1
+            and bool((torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)).abs().min() > 1e-4)
+        )
+        if not exact:
+            raise ValueError(f"BatchNorm {node.target!r} does not directly follow its own Conv2d")
+        _set_submodule(graph, source.target, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(graph, node.target, _FoldedBatchNorm(bn, weights[originals[node.target]], terms))
+        folded += 1
+    if folded != len(weights):
+        raise ValueError("not every BatchNorm layer was folded")
+    _out_of_place(graph)
+    for p in graph.parameters():
+        p.requires_grad_(False)
+    return graph
+
+
+_IN_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
+
+
+def _out_of_place(graph: torch.fx.GraphModule) -> None:
+    """Make in-place ops out-of-place: a folded layer's output is what its statistics were computed
+    on (autograd keeps it for the backward pass), where before it was the BatchNorm's fresh output."""
+    for node in graph.graph.nodes:
+        if node.op == "call_module" and getattr(graph.get_submodule(node.target), "inplace", False):
+            module = copy.copy(graph.get_submodule(node.target))  # the original teacher keeps its module
+            module.inplace = False
+            _set_submodule(graph, node.target, module)
+        elif node.op == "call_function" and node.kwargs.get("inplace"):
+            node.kwargs = {**node.kwargs, "inplace": False}
+        elif node.op == "call_function" and node.target in _IN_PLACE:
+            node.target = _IN_PLACE[node.target]
+        elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+            node.target = node.target[:-1]
+    graph.recompile()
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+class _BNStatisticsLoss:
+    """The BN prior: per BatchNorm layer, the distance of its input's batch statistics to its running ones.
+
+    ``network`` is the module to run: the teacher with each Conv2d -> BatchNorm2d pair folded
+    (the same loss at the cost of a plain forward and backward) when the model allows it exactly,
+    else the teacher itself with forward hooks on its BatchNorm layers.
+    """
+
+    def __init__(self, model: nn.Module, first_multiplier: float, fold: bool = True):
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
             raise ValueError(
@@ -175,19 +282,25 @@ class _BNStatisticsLoss:
             raise ValueError(
                 "a BatchNorm layer of the teacher tracks no running statistics (track_running_stats=False)"
             )
-        self.weights = [first_multiplier] + [1.0] * (len(self.layers) - 1)
+        self.weights = {m: first_multiplier if i == 0 else 1.0 for i, m in enumerate(self.layers)}
         self.terms: list[torch.Tensor] = []
-        self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.network, self.folded = model, False
+        if fold and not model.training:
+            try:
+                self.network, self.folded = _fold_for_inversion(model, self.weights, self.terms), True
+            except Exception:  # untraceable or unusual wiring: the hooked teacher computes the same loss
+                self.network = model
+        if not self.folded:
+            self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         var, mean = _ChannelMoments.apply(inputs[0])
-        self.terms.append(
-            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
-        )
+        self.terms.append(self.weights[module] * _bn_distance(mean, var, module))  # type: ignore[arg-type]
 
     def pop(self) -> torch.Tensor:
-        loss = sum(w * t for w, t in zip(self.weights, self.terms))
-        self.terms = []
+        loss = sum(self.terms)
+        self.terms.clear()
         return loss  # type: ignore[return-value]
 
     def remove(self) -> None:
@@ -261,7 +374,7 @@ def iter_synthesize(
                     group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps))
                 view = torch.roll(x, shifts=shifts[t], dims=(2, 3)) if config.jitter else x
                 view = torch.flip(view, dims=(3,)) if flips[t] else view
-                logits = model(view)
+                logits = bn_loss.network(view)
                 ce = F.cross_entropy(logits, targets)
                 bn = bn_loss.pop()
                 loss = config.ce * ce + config.r_bn * bn

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_core import DreamSet, ImagesReady, InversionConfig, Progress, synthesize
+from dfkd_core import DreamSet, ImagesReady, InversionConfig, Progress, create_model, synthesize
 from dfkd_core.invert import _BNStatisticsLoss, _ChannelMoments
 from dfkd_core.zoo import CIFAR10, Teacher
 
@@ -15,6 +15,41 @@ def test_channel_moments_match_torch_and_have_exact_gradients():
     ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     assert torch.allclose(var, ref_var) and torch.allclose(mean, ref_mean)
     assert torch.autograd.gradcheck(_ChannelMoments.apply, (x,))
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg11_bn", "mobilenetv2_x0_5", "akamaster_resnet20"])
+def test_folded_teacher_has_the_same_loss_and_gradients(arch):
+    torch.manual_seed(0)
+    model = create_model(arch).double().eval()  # float64: a ReLU near zero must not flip on rounding
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # statistics and affine parameters away from their defaults
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for fold in (False, True):
+        prior = _BNStatisticsLoss(model, first_multiplier=10.0, fold=fold)
+        assert prior.folded == fold
+        view = x.clone().requires_grad_(True)
+        logits = prior.network(view)
+        bn = prior.pop()
+        (grad,) = torch.autograd.grad(logits.logsumexp(1).sum() + bn, view)
+        prior.remove()
+        results.append((logits.detach(), bn.detach(), grad))
+    (logits, bn, grad), (folded_logits, folded_bn, folded_grad) = results
+    assert torch.allclose(logits, folded_logits, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(bn, folded_bn, rtol=1e-8)
+    assert torch.allclose(grad, folded_grad, rtol=1e-6, atol=1e-10)
+
+
+def test_batchnorm_not_after_a_convolution_keeps_the_hooked_teacher():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.randn(2, 3, 8, 8))
+    prior = _BNStatisticsLoss(model.eval(), first_multiplier=1.0)
+    assert not prior.folded and prior.network is model
+    model(torch.randn(2, 3, 8, 8))
+    assert float(prior.pop().detach()) > 0
+    prior.remove()
 
 
 def test_dreams_shape_range_and_balance(teacher):
@@ -34,7 +69,7 @@ def test_bn_statistics_get_closer_to_the_teachers(teacher):
     def bn_distance(x):
         loss = _BNStatisticsLoss(teacher.model, first_multiplier=1.0)
         with torch.no_grad():
-            teacher.model(x)
+            loss.network(x)
         distance = float(loss.pop().detach())
         loss.remove()
         return distance

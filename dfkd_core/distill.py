@@ -34,9 +34,10 @@ from torch import nn
 from .events import Event, MetricLogged, Progress, StageFinished, StageStarted, drain
 from .zoo import Normalization
 
-__all__ = ["DistillConfig", "DistillResult", "augment", "distill", "iter_distill"]
+__all__ = ["MIXES", "DistillConfig", "DistillResult", "augment", "distill", "iter_distill", "mix_images"]
 
 _BN = nn.modules.batchnorm._BatchNorm
+MIXES = ("none", "mixup", "cutmix")  # ways to blend transfer images into new ones during distillation
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class DistillConfig:
     crop_padding: int = 4  # random-crop augmentation: zero-pad by this many pixels, crop back
     flip: bool = True  # random horizontal flip augmentation
     bn_mode: str = "train"  # "train" (recalibrate on dream batches) or "frozen" (keep the teacher's statistics)
+    mix: str = "none"  # "cutmix" or "mixup": blend pairs of images into new ones the teacher labels ("none" = off)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class DistillConfig:
             raise ValueError(f"distillation crop_padding must be >= 0, got {self.crop_padding!r}")
         if self.bn_mode not in ("frozen", "train"):
             raise ValueError(f"distillation bn_mode must be 'frozen' or 'train', got {self.bn_mode!r}")
+        if self.mix not in MIXES:
+            raise ValueError(f"distillation mix must be one of {', '.join(map(repr, MIXES))}, got {self.mix!r}")
 
 
 @dataclass
@@ -94,6 +98,28 @@ def augment(pixels: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
         mask = (torch.rand(n, generator=generator) < 0.5).to(pixels.device)[:, None, None, None]
         pixels = torch.where(mask, pixels.flip(3), pixels)
     return pixels
+
+
+def mix_images(pixels: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blend each image with another of the batch: ``"mixup"`` (a weighted average) or ``"cutmix"``
+    (a box pasted from the other image), with one uniform mixing ratio per batch.
+
+    Distillation needs no labels - the teacher labels whatever it is shown - so every blend is a new,
+    correctly labeled training input, and a small transfer set goes further.
+    """
+    if mode == "none" or len(pixels) < 2:
+        return pixels
+    partner = pixels[torch.randperm(len(pixels), generator=generator).to(pixels.device)]
+    keep = float(torch.rand((), generator=generator))  # share of the image that stays its own
+    if mode == "mixup":
+        return keep * pixels + (1 - keep) * partner
+    h, w = pixels.shape[-2:]
+    box_h, box_w = round(h * math.sqrt(1 - keep)), round(w * math.sqrt(1 - keep))
+    top = int(torch.randint(0, h - box_h + 1, (), generator=generator))
+    left = int(torch.randint(0, w - box_w + 1, (), generator=generator))
+    mixed = pixels.clone()
+    mixed[..., top : top + box_h, left : left + box_w] = partner[..., top : top + box_h, left : left + box_w]
+    return mixed
 
 
 class _FeatureTaps:
@@ -167,7 +193,7 @@ def iter_distill(
             epoch_loss, seen = 0.0, 0
             for i in range(steps_per_epoch):
                 batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device)
-                batch = augment(batch, config.crop_padding, config.flip, generator)
+                batch = mix_images(augment(batch, config.crop_padding, config.flip, generator), config.mix, generator)
                 x = normalization.normalize(batch).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
                     teacher_logits = teacher(x)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dfkd_core import DistillConfig, MetricLogged, create_model, distill, prune_model
-from dfkd_core.distill import augment
+from dfkd_core.distill import augment, mix_images
 from dfkd_core.prune import prunable_layers
 
 FAST = DistillConfig(epochs=2, batch_size=16, lr=0.01)
@@ -122,3 +122,17 @@ def test_augment_crops_and_flips_each_image_independently():
     assert torch.equal(exact, base)
     shifted = augment(torch.ones(4, 3, 8, 8), padding=2, flip=False, generator=torch.Generator().manual_seed(1))
     assert ((shifted == 0) | (shifted == 1)).all(), "zero padding, whole-pixel shifts"
+
+
+def test_mixing_blends_images_within_the_batch():
+    images = torch.stack([torch.full((3, 8, 8), float(i) / 7) for i in range(8)])
+    generator = torch.Generator().manual_seed(0)
+    assert mix_images(images, "none", generator) is images
+    mixed = mix_images(images, "mixup", generator)
+    assert mixed.shape == images.shape and 0 <= mixed.min() and mixed.max() <= 1
+    cut = mix_images(images, "cutmix", torch.Generator().manual_seed(1))
+    values = [set(img.unique().tolist()) for img in cut]
+    assert all(v <= set(images[:, 0, 0, 0].tolist()) for v in values), "cutmix pastes pixels, it does not blend"
+    assert any(len(v) == 2 for v in values), "some images hold a box of another"
+    with pytest.raises(ValueError, match="mix must be one of"):
+        DistillConfig(mix="blend")

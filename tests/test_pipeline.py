@@ -1,5 +1,6 @@
 import builtins
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,11 +117,20 @@ def _forbid_training_reads(monkeypatch, train_dir: Path):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", cifar_guard)
 
 
-def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch):
+EVERY_COMPONENT = Recipe(  # each optional part of the recipe switched on: ADI, mixing, features, both BN modes
+    InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1, adi=1.0, tv_l1=1e-4, l2=1e-5),
+    DistillConfig(epochs=2, batch_size=10, mix="cutmix", feature_weight=1.0),
+)
+
+
+@pytest.mark.parametrize("recipe", [TINY, EVERY_COMPONENT, replace(EVERY_COMPONENT, distill=replace(
+    EVERY_COMPONENT.distill, mix="mixup", bn_mode="frozen"))], ids=["tiny", "every-component", "mixup-frozen"])  # fmt: skip
+def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch, recipe):
     """The data-free guarantee: load, prune, synthesize, distill and the noise baseline run with
-    every read below train/ turned into an error."""
+    every read below train/ turned into an error, for every component the recipe can switch on."""
     _forbid_training_reads(monkeypatch, image_root / "train")
-    result = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=("noise",)))
+    config = replace(tiny_config(teacher_checkpoint, image_root, baselines=("noise",)), recipe=recipe)
+    result = run_recovery(config)
     assert result.baselines["noise"] is not None
 
 

@@ -1,0 +1,138 @@
+"""Synthesis speed: the library's DeepInversion step against a bare teacher forward+backward.
+
+Both sides use the same teacher, the same batch of 32x32 images and the same device. The bare
+side is the least any inversion step must do: a forward pass of the frozen teacher and a backward
+pass to the input pixels (cross-entropy loss, nothing else). The library side is
+``dfkd_core.synthesize`` with the recipe's inversion settings (BatchNorm statistics hooks, total
+variation, jitter and flip, Adam, clamping, best-iterate tracking). Runs alternate
+(bare, library, bare, library, ...) so both see the same machine state; the median of each is
+reported with their ratio (library / bare; 1.0 = inversion costs no more than forward+backward).
+
+Usage (from the repository root; CPU always, CUDA too when present):
+
+    python benchmarks/synthesis_speed.py \
+        --teacher ../shared/weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import dfkd_core as dfkd
+from dfkd_core.invert import InversionConfig
+
+BATCH = 256  # images per step: the recipe's inversion batch size
+STEPS = 30  # Adam steps per timed run (long enough that per-batch set-up is a small share)
+REPEATS = 5  # timed runs of each side, interleaved; the median is reported
+WARMUP_STEPS = 3  # untimed steps before the first timed run (allocator, kernel selection)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward_backward(model: torch.nn.Module, batch: int, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` forward+backward passes of the frozen teacher to its input pixels."""
+    x = torch.randn(batch, 3, 32, 32, device=device, requires_grad=True)
+    targets = torch.arange(batch, device=device) % 10
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), targets)
+        (grad,) = torch.autograd.grad(loss, x)
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def library_inversion(teacher: dfkd.Teacher, config: InversionConfig, device: torch.device) -> float:
+    """Seconds for one batch of ``config.steps`` DeepInversion steps through the library."""
+    _sync(device)
+    started = time.perf_counter()
+    dfkd.synthesize(teacher, config, device=device)
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def measure(teacher: dfkd.Teacher, device: torch.device, batch: int, steps: int, repeats: int) -> dict:
+    model = teacher.model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = dataclasses.replace(
+        InversionConfig(), num_images=batch, batch_size=batch, steps=steps, preview_every=steps
+    )
+    bare_forward_backward(model, batch, WARMUP_STEPS, device)
+    library_inversion(teacher, dataclasses.replace(config, steps=WARMUP_STEPS), device)
+    bare_s, library_s = [], []
+    for _ in range(repeats):
+        bare_s.append(bare_forward_backward(model, batch, steps, device))
+        library_s.append(library_inversion(teacher, config, device))
+    bare_rate = batch * steps / statistics.median(bare_s)
+    library_rate = batch * steps / statistics.median(library_s)
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "batch": batch,
+        "steps": steps,
+        "repeats": repeats,
+        "bare_image_steps_per_s": round(bare_rate, 1),
+        "library_image_steps_per_s": round(library_rate, 1),
+        "ratio": round(library_rate / bare_rate, 3),
+        "bare_s": [round(s, 3) for s in bare_s],
+        "library_s": [round(s, 3) for s in library_s],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="registry id or checkpoint path")
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--out", type=Path, default=None, help="write synthesis_speed.json and .md here")
+    args = parser.parse_args(argv)
+
+    teacher = dfkd.load_teacher(args.teacher)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    rows = []
+    for name in devices:
+        row = {
+            "teacher": Path(args.teacher).name,
+            **measure(teacher, torch.device(name), args.batch, args.steps, args.repeats),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    command = "python " + " ".join(["benchmarks/synthesis_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"Synthesis speed (image-steps/s, median of {args.repeats} interleaved runs); torch {torch.__version__}; `{command}`",
+        "",
+        "| teacher | device | batch | bare forward+backward | library inversion | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['teacher']} | {r['device']} | {r['batch']} | {r['bare_image_steps_per_s']:.0f} "
+            f"| {r['library_image_steps_per_s']:.0f} | **{r['ratio']:.2f}** |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "synthesis_speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        (args.out / "synthesis_speed.md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

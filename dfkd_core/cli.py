@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(rec)
 
     demo = commands.add_parser("demo", help="launch the Gradio app (further flags go to demo/app.py, e.g. --data)")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    demo.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     demo.add_argument(
         "app_args", nargs=argparse.REMAINDER, help="passed on to the app: --data, --teacher-dir, --device"
     )

@@ -105,7 +105,9 @@ def mix_images(pixels: torch.Tensor, mode: str, generator: torch.Generator | Non
     (a box pasted from the other image), with one uniform mixing ratio per batch.
 
     Distillation needs no labels - the teacher labels whatever it is shown - so every blend is a new,
-    correctly labeled training input, and a small transfer set goes further.
+    correctly labeled training input, and a small transfer set goes further. With ``bn_mode="train"``
+    prefer cutmix: a mixup blend has lower pixel variance than either image, which the recalibrated
+    BatchNorm statistics would absorb. An image may be paired with itself (it then stays as it was).
     """
     if mode == "none" or len(pixels) < 2:
         return pixels

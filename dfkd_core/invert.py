@@ -17,8 +17,8 @@ pixels are clipped to the valid range, and the lowest-loss iterate of each batch
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import operator
 import os
 import time
 from collections.abc import Generator
@@ -31,6 +31,8 @@ from torch import nn
 
 from .events import Event, ImagesReady, Progress, StageFinished, StageStarted, drain
 from .zoo import Teacher
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DreamSet", "InversionConfig", "iter_synthesize", "synthesize", "total_variation"]
 
@@ -169,39 +171,44 @@ def _bn_distance(mean: torch.Tensor, var: torch.Tensor, bn: nn.modules.batchnorm
 class _FoldedBatchNorm(nn.Module):
     """Stands where a BatchNorm was after it is folded into the convolution before it.
 
-    The folded convolution already outputs ``z = a * y + c`` (``y`` the BatchNorm's input,
-    ``a = gamma / sqrt(running_var + eps)``, ``c = beta - a * running_mean``), so this module
-    passes ``z`` on untouched and scores the batch statistics of ``y`` from those of ``z``:
-    ``mean_y - running_mean = (mean_z - beta) / a`` and ``var_y = var_z / a^2``. The loss is the
-    one of the unfolded teacher; the BatchNorm's own forward and backward passes are saved.
+    The folded convolution outputs ``u = a * (y - running_mean)`` (``y`` the BatchNorm's input,
+    ``a = gamma / sqrt(running_var + eps)``), so the BatchNorm's output is ``u + beta``, and the
+    statistics of ``y`` follow from those of ``u``: ``mean_y - running_mean = mean_u / a`` and
+    ``var_y = var_u / a^2``. The loss is the one of the unfolded teacher; the BatchNorm's own
+    forward and backward passes are saved. ``u`` is centred, so its one-pass variance is as
+    accurate in float32 as that of ``y``.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, weight: float, terms: list[torch.Tensor]):
         super().__init__()
-        scale = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)
+        scale = _bn_scale(bn)
         self.register_buffer("inv_scale", (1.0 / scale).detach().clone())
         self.register_buffer("beta", (bn.bias if bn.affine else torch.zeros_like(scale)).detach().clone())
         self.register_buffer("running_var", bn.running_var.detach().clone())
         self.weight, self.terms = weight, terms
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        var, mean = _ChannelMoments.apply(z)
-        distance = torch.linalg.vector_norm((mean - self.beta) * self.inv_scale) + torch.linalg.vector_norm(
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        var, mean = _ChannelMoments.apply(u)
+        distance = torch.linalg.vector_norm(mean * self.inv_scale) + torch.linalg.vector_norm(
             var * self.inv_scale.square() - self.running_var
         )
         self.terms.append(self.weight * distance)
-        return z
+        return u + self.beta.view(1, -1, *([1] * (u.dim() - 2)))  # a fresh tensor: later in-place ops keep u intact
+
+
+def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    return torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)
 
 
 def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms: list[torch.Tensor]) -> nn.Module:
-    """A copy of ``model`` (as a ``torch.fx`` graph) with every Conv2d -> BatchNorm2d pair folded.
+    """``model`` as a ``torch.fx`` graph whose Conv2d -> BatchNorm2d pairs are folded (new modules
+    in place of each pair; every other module is shared with ``model``).
 
     Raises if the model cannot be traced or a pair cannot be folded exactly (a BatchNorm not fed by
-    its own convolution, or a channel whose scale is ~0, whose statistics a fold would lose); the
-    caller then keeps the hooked, unfolded teacher.
+    a convolution of its own, or a channel whose scale is ~0, whose statistics a fold would lose).
     """
     from torch.fx import symbolic_trace
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     graph = symbolic_trace(model)
     modules = dict(graph.named_modules())
@@ -210,51 +217,28 @@ def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms
     for node in graph.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    folded = 0
     for node in graph.graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
             continue
         bn, source = modules[node.target], node.args[0]
         conv = modules.get(source.target) if getattr(source, "op", None) == "call_module" else None
-        exact = (
+        if not (
             isinstance(conv, nn.Conv2d)
             and isinstance(bn, nn.BatchNorm2d)
             and calls[source.target] == 1
             and calls[node.target] == 1
             and len(source.users) == 1
-            and bool((torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)).abs().min() > 1e-4)
+        ):
+            raise ValueError(f"BatchNorm {node.target!r} is not fed by a Conv2d of its own")
+        if not bool(_bn_scale(bn).abs().min() > 1e-4):
+            raise ValueError(f"BatchNorm {node.target!r} has a channel scaled to ~0")
+        fused = copy.deepcopy(conv)
+        fused.weight, fused.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight if bn.affine else None, None
         )
-        if not exact:
-            raise ValueError(f"BatchNorm {node.target!r} does not directly follow its own Conv2d")
-        _set_submodule(graph, source.target, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(graph, source.target, fused.requires_grad_(False))
         _set_submodule(graph, node.target, _FoldedBatchNorm(bn, weights[originals[node.target]], terms))
-        folded += 1
-    if folded != len(weights):
-        raise ValueError("not every BatchNorm layer was folded")
-    _out_of_place(graph)
-    for p in graph.parameters():
-        p.requires_grad_(False)
     return graph
-
-
-_IN_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
-
-
-def _out_of_place(graph: torch.fx.GraphModule) -> None:
-    """Make in-place ops out-of-place: a folded layer's output is what its statistics were computed
-    on (autograd keeps it for the backward pass), where before it was the BatchNorm's fresh output."""
-    for node in graph.graph.nodes:
-        if node.op == "call_module" and getattr(graph.get_submodule(node.target), "inplace", False):
-            module = copy.copy(graph.get_submodule(node.target))  # the original teacher keeps its module
-            module.inplace = False
-            _set_submodule(graph, node.target, module)
-        elif node.op == "call_function" and node.kwargs.get("inplace"):
-            node.kwargs = {**node.kwargs, "inplace": False}
-        elif node.op == "call_function" and node.target in _IN_PLACE:
-            node.target = _IN_PLACE[node.target]
-        elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
-            node.target = node.target[:-1]
-    graph.recompile()
 
 
 def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
@@ -286,13 +270,37 @@ class _BNStatisticsLoss:
         self.terms: list[torch.Tensor] = []
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.network, self.folded = model, False
-        if fold and not model.training:
+        if fold and not any(m.training for m in self.layers):
             try:
-                self.network, self.folded = _fold_for_inversion(model, self.weights, self.terms), True
-            except Exception:  # untraceable or unusual wiring: the hooked teacher computes the same loss
-                self.network = model
+                folded = _fold_for_inversion(model, self.weights, self.terms)
+                self._check_agreement(model, folded)
+                self.network, self.folded = folded, True
+            except Exception as err:  # untraceable, unusual wiring, in-place surprises: hooks compute the same loss
+                log.info("inversion runs the unfolded teacher (%s: %s)", type(err).__name__, err)
+                self.terms.clear()
         if not self.folded:
             self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _check_agreement(self, model: nn.Module, folded: nn.Module) -> None:
+        """Run both networks forward and backward on a small probe; raise unless they agree."""
+        reference = next(model.parameters())
+        probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(reference.device, reference.dtype)
+        outcomes = []
+        for network in (model, folded):
+            handles = [m.register_forward_hook(self._hook) for m in self.layers] if network is model else []
+            x = probe.clone().requires_grad_(True)
+            try:
+                logits = network(x)
+                prior = self.pop()
+                (grad,) = torch.autograd.grad(logits.logsumexp(1).sum() + prior, x)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            outcomes.append((logits.detach(), prior.detach(), grad))
+        for name, a, b in zip(("logits", "BN loss", "input gradient"), *outcomes):
+            if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())):
+                raise ValueError(f"the folded teacher's {name} differs from the teacher's")
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         var, mean = _ChannelMoments.apply(inputs[0])
@@ -395,7 +403,9 @@ def iter_synthesize(
                 with torch.no_grad():
                     x.copy_(torch.maximum(torch.minimum(x, high), low))
                 step = b * config.steps + t + 1
-                if t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == config.steps:  # first: the noise
+                if (
+                    t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == config.steps
+                ):  # first: still close to the noise
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise FloatingPointError(

@@ -42,6 +42,34 @@ def test_folded_teacher_has_the_same_loss_and_gradients(arch):
     assert torch.allclose(grad, folded_grad, rtol=1e-6, atol=1e-10)
 
 
+def test_folding_is_accurate_in_float32_for_tiny_scales_and_in_place_ops():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            out = self.bn(self.conv(x))
+            out.relu_()  # in place, on what used to be the BatchNorm's fresh output
+            return self.head(out.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    model.bn.weight.data[:4] = 1e-3  # tiny scales with a large shift: one-pass variance of z would cancel
+    model.bn.bias.data.fill_(0.5)
+    model.bn.running_var.fill_(0.3)
+    x = torch.randn(64, 3, 32, 32)
+    losses = []
+    for fold in (False, True):
+        prior = _BNStatisticsLoss(model, first_multiplier=1.0, fold=fold)
+        assert prior.folded == fold
+        logits = prior.network(x.clone().requires_grad_(True))
+        losses.append(float(prior.pop().detach()))
+        logits.sum().backward()  # no in-place error
+        prior.remove()
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_batchnorm_not_after_a_convolution_keeps_the_hooked_teacher():
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
     model(torch.randn(2, 3, 8, 8))

@@ -171,41 +171,55 @@ def _bn_distance(mean: torch.Tensor, var: torch.Tensor, bn: nn.modules.batchnorm
 class _FoldedBatchNorm(nn.Module):
     """Stands where a BatchNorm was after it is folded into the convolution before it.
 
-    The folded convolution outputs ``u = a * (y - running_mean)`` (``y`` the BatchNorm's input,
-    ``a = gamma / sqrt(running_var + eps)``), so the BatchNorm's output is ``u + beta``, and the
-    statistics of ``y`` follow from those of ``u``: ``mean_y - running_mean = mean_u / a`` and
-    ``var_y = var_u / a^2``. The loss is the one of the unfolded teacher; the BatchNorm's own
-    forward and backward passes are saved. ``u`` is centred, so its one-pass variance is as
-    accurate in float32 as that of ``y``.
+    The folded convolution outputs ``u = f * (y - running_mean)`` per channel (``y`` the BatchNorm's
+    input), with ``f`` the BatchNorm's scale ``a = gamma / sqrt(running_var + eps)`` - or 1 in the
+    rare channel where ``a`` is ~0 and folding it would erase ``y``. The BatchNorm's output is then
+    ``u + beta`` (times ``a`` in those channels only), and the statistics of ``y`` follow from those
+    of ``u``: ``mean_y - running_mean = mean_u / f`` and ``var_y = var_u / f^2``. The loss is the one
+    of the unfolded teacher; the BatchNorm's own forward and backward passes are saved. ``u`` is
+    centred, so its one-pass variance is as accurate in float32 as that of ``y``.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, weight: float, terms: list[torch.Tensor]):
         super().__init__()
-        scale = _bn_scale(bn)
-        self.register_buffer("inv_scale", (1.0 / scale).detach().clone())
+        scale = _bn_scale(bn).detach()
+        unfolded = _unfoldable_channels(scale)
+        self.register_buffer("inv_fold", 1.0 / torch.where(unfolded, torch.ones_like(scale), scale))
         self.register_buffer("beta", (bn.bias if bn.affine else torch.zeros_like(scale)).detach().clone())
         self.register_buffer("running_var", bn.running_var.detach().clone())
+        self.register_buffer("unfolded", unfolded.nonzero().flatten())
+        self.register_buffer("unfolded_scale", scale[unfolded].clone())
         self.weight, self.terms = weight, terms
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         var, mean = _ChannelMoments.apply(u)
-        distance = torch.linalg.vector_norm(mean * self.inv_scale) + torch.linalg.vector_norm(
-            var * self.inv_scale.square() - self.running_var
+        distance = torch.linalg.vector_norm(mean * self.inv_fold) + torch.linalg.vector_norm(
+            var * self.inv_fold.square() - self.running_var
         )
         self.terms.append(self.weight * distance)
-        return u + self.beta.view(1, -1, *([1] * (u.dim() - 2)))  # a fresh tensor: later in-place ops keep u intact
+        shape = (1, -1, *([1] * (u.dim() - 2)))
+        out = u + self.beta.view(shape)  # a fresh tensor: later in-place ops keep u intact
+        if len(self.unfolded):
+            out[:, self.unfolded] = u[:, self.unfolded] * self.unfolded_scale.view(shape) + self.beta[
+                self.unfolded
+            ].view(shape)
+        return out
 
 
 def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     return torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)
 
 
+def _unfoldable_channels(scale: torch.Tensor) -> torch.Tensor:
+    """Channels whose BatchNorm scale is too close to 0 to fold (it stays a multiply after the fold)."""
+    return scale.abs() < 1e-4
+
+
 def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms: list[torch.Tensor]) -> nn.Module:
     """``model`` as a ``torch.fx`` graph whose Conv2d -> BatchNorm2d pairs are folded (new modules
     in place of each pair; every other module is shared with ``model``).
 
-    Raises if the model cannot be traced or a pair cannot be folded exactly (a BatchNorm not fed by
-    a convolution of its own, or a channel whose scale is ~0, whose statistics a fold would lose).
+    Raises if the model cannot be traced or a BatchNorm is not fed by a convolution of its own.
     """
     from torch.fx import symbolic_trace
     from torch.nn.utils.fusion import fuse_conv_bn_weights
@@ -230,11 +244,12 @@ def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms
             and len(source.users) == 1
         ):
             raise ValueError(f"BatchNorm {node.target!r} is not fed by a Conv2d of its own")
-        if not bool(_bn_scale(bn).abs().min() > 1e-4):
-            raise ValueError(f"BatchNorm {node.target!r} has a channel scaled to ~0")
+        scale = _bn_scale(bn).detach()
+        std = torch.sqrt(bn.running_var + bn.eps)
+        fold_gamma = torch.where(_unfoldable_channels(scale), std, scale * std)  # folds f: 1 where a is ~0, else a
         fused = copy.deepcopy(conv)
         fused.weight, fused.bias = fuse_conv_bn_weights(
-            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight if bn.affine else None, None
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, fold_gamma, None
         )
         _set_submodule(graph, source.target, fused.requires_grad_(False))
         _set_submodule(graph, node.target, _FoldedBatchNorm(bn, weights[originals[node.target]], terms))

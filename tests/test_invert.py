@@ -56,6 +56,7 @@ def test_folding_is_accurate_in_float32_for_tiny_scales_and_in_place_ops():
     torch.manual_seed(0)
     model = Block().eval()
     model.bn.weight.data[:4] = 1e-3  # tiny scales with a large shift: one-pass variance of z would cancel
+    model.bn.weight.data[4] = 0.0  # a dead channel: too small to fold, it stays a multiply
     model.bn.bias.data.fill_(0.5)
     model.bn.running_var.fill_(0.3)
     x = torch.randn(64, 3, 32, 32)

@@ -9,6 +9,10 @@
 
 Masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
+
+:class:`PruningRamp` removes a student's pruned weights gradually during recovery instead of all
+at once (gradual magnitude pruning, Zhu & Gupta 2017): the student ends with exactly the masks
+it was given, but the network adapts while they close.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch.nn.utils import prune as torch_prune
 
 __all__ = [
     "LayerSparsity",
+    "PruningRamp",
     "clone_model",
     "count_nonzero_parameters",
     "make_permanent",
@@ -136,3 +141,43 @@ def count_nonzero_parameters(model: nn.Module) -> int:
         if hasattr(m, "weight_orig"):
             total += int((m.weight != 0).sum())
     return total
+
+
+class PruningRamp:
+    """Lifts a pruned model's masks, then closes them again step by step, smallest weights first.
+
+    ``update(progress)`` (progress in [0, 1]) keeps the share ``1 - (1 - progress)^3`` of the
+    originally pruned weights removed - the cubic schedule of Zhu & Gupta (2017): fast early,
+    while the removed weights are small, slow late. Among the weights still to go, those with the
+    smallest magnitude at that moment go first, so weights that grew during training go last.
+    At ``progress = 1`` every mask is the one the model arrived with; nothing outside it is removed.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for _, m in prunable_layers(model) if hasattr(m, "weight_mask")]
+        self.targets = [m.weight_mask == 0 for m in self.layers]  # weights that must end up removed
+        self.total = sum(int(t.sum()) for t in self.targets)
+        self.removed = 0
+        with torch.no_grad():
+            for m in self.layers:
+                m.weight_mask.fill_(1)
+        self._refresh()
+
+    @torch.no_grad()
+    def update(self, progress: float) -> None:
+        progress = min(max(progress, 0.0), 1.0)
+        goal = self.total if progress >= 1 else round(self.total * (1 - (1 - progress) ** 3))
+        if goal <= self.removed:
+            return
+        alive = [t & (m.weight_mask != 0) for m, t in zip(self.layers, self.targets)]
+        magnitudes = torch.cat([m.weight_orig.detach().abs()[a] for m, a in zip(self.layers, alive)])
+        threshold = torch.kthvalue(magnitudes.float().cpu(), goal - self.removed).values
+        for m, a in zip(self.layers, alive):
+            m.weight_mask[a & (m.weight_orig.detach().abs() <= threshold.to(m.weight_orig.device))] = 0
+        self.removed = sum(int(((m.weight_mask == 0) & t).sum()) for m, t in zip(self.layers, self.targets))
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute each ``weight`` from its mask now (the mask hook would only do so at the next forward)."""
+        for m in self.layers:
+            m.weight = (m.weight_orig * m.weight_mask).detach()

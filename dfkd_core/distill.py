@@ -7,7 +7,9 @@ layer gives far more signal per image than the ten logits alone.
 
 Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
 noise or a handful of real images for the baselines. This module never loads data itself.
-Pruning masks stay attached, so pruned weights remain exactly zero throughout.
+Pruning masks stay attached, so pruned weights remain exactly zero throughout - or, with
+``prune_ramp > 0``, they close gradually (smallest weights first) and are exactly the given masks
+by the end of the ramp.
 
 BatchNorm policy (``bn_mode``):
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .events import Event, MetricLogged, Progress, StageFinished, StageStarted, drain
+from .prune import PruningRamp
 from .zoo import Normalization
 
 __all__ = ["MIXES", "DistillConfig", "DistillResult", "augment", "distill", "iter_distill", "mix_images"]
@@ -54,7 +57,8 @@ class DistillConfig:
     crop_padding: int = 4  # random-crop augmentation: zero-pad by this many pixels, crop back
     flip: bool = True  # random horizontal flip augmentation
     bn_mode: str = "train"  # "train" (recalibrate on dream batches) or "frozen" (keep the teacher's statistics)
-    mix: str = "none"  # "cutmix" or "mixup": blend pairs of images into new ones the teacher labels ("none" = off)
+    mix: str = "cutmix"  # "cutmix" or "mixup": blend pairs of images into new ones the teacher labels ("none" = off)
+    prune_ramp: float = 0.0  # share of the training over which pruned weights are removed gradually (0 = at once)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,10 @@ class DistillConfig:
                 raise ValueError(f"distillation {name} must be a finite number >= 0, got {value!r}")
         if not self.temperature > 0:
             raise ValueError(f"distillation temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.prune_ramp <= 1.0:
+            raise ValueError(
+                f"distillation prune_ramp must be in [0, 1] (a share of the training), got {self.prune_ramp!r}"
+            )
         if self.crop_padding < 0:
             raise ValueError(f"distillation crop_padding must be >= 0, got {self.crop_padding!r}")
         if self.bn_mode not in ("frozen", "train"):
@@ -180,6 +188,8 @@ def iter_distill(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     names = _shared_bn_names(student, teacher) if config.feature_weight > 0 else []
     student_taps, teacher_taps = _FeatureTaps(student, names), _FeatureTaps(teacher, names)
+    ramp = PruningRamp(student) if config.prune_ramp > 0 else None
+    ramp_steps = config.prune_ramp * total
     result = DistillResult()
     temperature = config.temperature
     yield StageStarted(stage, total, f"{config.epochs} epochs over {len(images)} images")
@@ -194,6 +204,8 @@ def iter_distill(
             order = torch.randperm(len(images), generator=generator)
             epoch_loss, seen = 0.0, 0
             for i in range(steps_per_epoch):
+                if ramp is not None:
+                    ramp.update(((epoch - 1) * steps_per_epoch + i) / ramp_steps)
                 batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device)
                 batch = mix_images(augment(batch, config.crop_padding, config.flip, generator), config.mix, generator)
                 x = normalization.normalize(batch).contiguous(memory_format=torch.channels_last)
@@ -231,6 +243,8 @@ def iter_distill(
                 result.history.append((epoch, accuracy))
                 yield MetricLogged(stage, "accuracy", accuracy, epoch)
     finally:
+        if ramp is not None:
+            ramp.update(1.0)  # also when stopped early: the student never leaves with weights it should not have
         student_taps.remove()
         teacher_taps.remove()
         student.eval()

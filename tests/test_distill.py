@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from dfkd_core import DistillConfig, MetricLogged, create_model, distill, prune_model
 from dfkd_core.distill import augment, mix_images
-from dfkd_core.prune import prunable_layers
+from dfkd_core.prune import measured_sparsity, prunable_layers
 
 FAST = DistillConfig(epochs=2, batch_size=16, lr=0.01)
 
@@ -42,6 +42,18 @@ def test_pruned_weights_stay_exactly_zero(teacher):
         assert (m.weight[masks[name] == 0] == 0).all(), f"pruned weights of {name} revived"
         moved |= not torch.equal(m.weight_orig[masks[name] == 1], before[name][masks[name] == 1])
     assert moved, "the surviving weights were trained"
+
+
+def test_prune_ramp_ends_with_exactly_the_given_masks(teacher):
+    student = prune_model(teacher.model, 0.8)
+    masks = {name: m.weight_mask.clone() for name, m in prunable_layers(student)}
+    sparsity = []
+    distill(student, teacher.model, torch.rand(64, 3, 32, 32), teacher.normalization,
+            replace(FAST, epochs=4, prune_ramp=0.5), callback=lambda e: sparsity.append(measured_sparsity(student)))  # fmt: skip
+    assert sparsity[0] < 0.5 < 0.8 - 1e-3 < max(sparsity) <= 0.8 + 1e-3, "removed gradually, complete by mid-training"
+    for name, m in prunable_layers(student):
+        assert torch.equal(m.weight_mask, masks[name])
+        assert (m.weight[masks[name] == 0] == 0).all()
 
 
 def test_student_moves_towards_the_teacher(teacher):
@@ -104,7 +116,8 @@ def test_empty_transfer_set(teacher):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("epochs", 0), ("temperature", 0.0), ("bn_mode", "moving"), ("lr", float("nan"))]
+    "field, value",
+    [("epochs", 0), ("temperature", 0.0), ("bn_mode", "moving"), ("lr", float("nan")), ("prune_ramp", 1.5)],
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

@@ -138,19 +138,35 @@ def total_variation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return l1, l2  # type: ignore[return-value]
 
 
+_ONES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _ones(n: int, like: torch.Tensor) -> torch.Tensor:
+    """A cached vector of ``n`` ones (summing by matrix-vector product must not refill it every step)."""
+    key = (n, like.device, like.dtype)
+    if key not in _ONES:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        _ONES[key] = torch.ones(n, device=like.device, dtype=like.dtype)
+    return _ONES[key]
+
+
 class _ChannelMoments(torch.autograd.Function):
     """Per-channel (variance, mean) over all but dim 1, with a one-pass analytic backward.
 
-    Several times faster on CPU than autograd through ``torch.var_mean``: the forward is two
-    plain reductions and the backward a single fused multiply-add, ``dx = a_c * x + b_c``.
+    Several times faster on CPU than ``torch.var_mean`` and its autograd: with the channels
+    last, the sums are a matrix-vector product and the sums of squares the diagonal of a small
+    ``C x C`` Gram matrix, both BLAS calls at full memory speed; the backward is a single fused
+    multiply-add, ``dx = a_c * x + b_c``. The one-pass variance is accurate for inputs whose
+    mean is small next to their spread, such as the centred outputs of a folded convolution.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        dims = [0] + list(range(2, x.dim()))
-        n = x.numel() // x.shape[1]
-        mean = x.sum(dims) / n
-        var = torch.linalg.vector_norm(x, 2, dim=dims).square() / n - mean.square()
+        rows = x.movedim(1, -1).reshape(-1, x.shape[1])  # a view when x is channels_last
+        n = rows.shape[0]
+        mean = torch.mv(rows.t(), _ones(n, x)) / n
+        var = (rows.t() @ rows).diagonal() / n - mean.square()
         ctx.save_for_backward(x, mean)
         ctx.n = n
         return var.clamp_min(0), mean

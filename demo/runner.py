@@ -79,18 +79,10 @@ class Budget:
         return f"{self.name}: {inv.num_images:,} dreams x {inv.steps} steps, {kd.epochs} KD epochs ({self.purpose})"
 
 
-def _full_recipe() -> Recipe:
-    """The GPU-sized budget: the recommended recipe with four times the dreams and twice the epochs."""
-    default = PRESETS["default"]
-    return with_overrides(
-        default, {"num_images": 4 * default.inversion.num_images}, {"epochs": 2 * default.distill.epochs}
-    )
-
-
 BUDGETS: dict[str, Budget] = {
-    "Quick": Budget("Quick", PRESETS["quick"], 100, 120, "for a CPU"),
+    "Quick": Budget("Quick", PRESETS["preview"], 100, 120, "for a CPU"),
     "Standard": Budget("Standard", PRESETS["default"], 200, 300, "the recommended recipe"),
-    "Full": Budget("Full", _full_recipe(), 200, 600, "for a GPU"),
+    "Full": Budget("Full", PRESETS["best"], 200, 600, "the most accurate recipe; for a GPU"),
 }
 
 

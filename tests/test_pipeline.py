@@ -117,9 +117,9 @@ def _forbid_training_reads(monkeypatch, train_dir: Path):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", cifar_guard)
 
 
-EVERY_COMPONENT = Recipe(  # each optional part of the recipe switched on: ADI, mixing, features, both BN modes
+EVERY_COMPONENT = Recipe(  # each optional part switched on: ADI, mixing, features, pruning ramp, both BN modes
     InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1, adi=1.0, tv_l1=1e-4, l2=1e-5),
-    DistillConfig(epochs=2, batch_size=10, mix="cutmix", feature_weight=1.0),
+    DistillConfig(epochs=2, batch_size=10, mix="cutmix", feature_weight=1.0, prune_ramp=0.5),
 )
 
 
@@ -186,9 +186,16 @@ def test_bad_device_name():
 
 
 def test_presets():
-    assert set(PRESETS) >= {"quick", "default", "paper"}
+    assert set(PRESETS) >= {"quick", "default", "best", "preview", "paper"}
     assert get_preset("default") == Recipe()
     assert PRESETS["paper"].distill.feature_weight == 0.0 and PRESETS["paper"].distill.bn_mode == "frozen"
+    assert PRESETS["paper"].distill.mix == "none"
+
+    def cost(recipe):  # image-steps of synthesis plus image-passes of distillation
+        inv, kd = recipe.inversion, recipe.distill
+        return inv.num_images * inv.steps + inv.num_images * kd.epochs
+
+    assert cost(PRESETS["preview"]) < cost(PRESETS["quick"]) < cost(PRESETS["default"]) < cost(PRESETS["best"])
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         get_preset("fast")
 

@@ -63,14 +63,18 @@ def markdown(rows: list[dict], title: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        oracle, t = r["baselines"]["real_data"], r["timings_s"]
+        noise, oracle, t = r["baselines"]["noise_kd"], r["baselines"]["real_data"], r["timings_s"]
         lines.append(
             f"| {r['name']} | {r['sparsity']['target']:.0%} | {r['teacher_acc']:.2f} | {r['pruned_acc']:.2f} "
-            f"| {r['baselines']['noise_kd']:.2f} | **{r['recovered_acc']:.2f}** | {'-' if oracle is None else f'{oracle:.2f}'} "
+            f"| {_accuracy(noise)} | **{r['recovered_acc']:.2f}** | {_accuracy(oracle)} "
             f"| {t['synthesis']:.0f} | {t['distillation']:.0f} | {t.get('baseline_noise', 0):.0f} "
             f"| {t.get('baseline_real', 0):.0f} | {t['total']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"  # "-": the baseline was not run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--preset", default="default", help="recipe preset of the pipeline")
+    parser.add_argument("--baselines", nargs="*", default=["noise", "real"], choices=["noise", "real"],
+                        help="same-budget baselines to run (none: dream-KD alone)")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--render", type=Path, help="only rewrite the markdown table from this recovery.json")
     args = parser.parse_args(argv)
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for sparsity in args.sparsities:
             config = dfkd.RecoveryConfig(
                 teacher=str(checkpoint), data=str(data), sparsity=sparsity, recipe=recipe,
-                baselines=("noise", "real"), device=args.device,
+                baselines=tuple(args.baselines), device=args.device,
             )  # fmt: skip
             result = dfkd.run_recovery(config, dreams=dreams)
             dreams = result.dreams
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(report)
             print(
                 f"{name} @ {sparsity:.0%}: teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} "
-                f"noise-KD {result.baselines['noise']:.2f} dream-KD {result.recovered_acc:.2f} "
+                f"noise-KD {result.baselines['noise']} dream-KD {result.recovered_acc:.2f} "
                 f"oracle {result.baselines['real']} ({result.timings['total']:.0f} s)",
                 flush=True,
             )

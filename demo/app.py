@@ -203,7 +203,8 @@ def build_app(options: AppOptions) -> gr.Blocks:
                     device=options.device, preview_every=preview_every, update_interval=options.update_interval,
                     out_dir=state.new_run_dir(),
                 )  # fmt: skip
-                view = LiveView(teacher_label(settings.teacher), settings.sparsity, settings.epochs, device_text)
+                view = LiveView(teacher_label(settings.teacher), settings.sparsity, settings.epochs, device_text,
+                                refit=settings.config().recipe.reconstruction is not None)  # fmt: skip
                 if budget_name == "Full" and not on_gpu:
                     gr.Warning(
                         "The Full budget is sized for a GPU; on this CPU it takes a long time. Quick takes minutes."

@@ -245,6 +245,7 @@ class Outcome:
     teacher_acc: float  # full test split
     pruned_acc: float
     recovered_acc: float
+    reconstructed_acc: float | None  # after the layer-wise refit, before distillation (None = no refit)
     noise_acc: float | None
     curve: tuple[tuple[int, float], ...]  # (epoch, accuracy on the live subset)
     curve_references: dict[str, float]  # teacher and pruned accuracy on the live subset
@@ -276,7 +277,7 @@ def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
     student_bytes, student_zipped = _sizes(written["student.pt"])
     return Outcome(
         teacher_acc=result.teacher_acc, pruned_acc=result.pruned_acc, recovered_acc=result.recovered_acc,
-        noise_acc=result.baselines.get("noise"), curve=tuple(result.curve),
+        reconstructed_acc=result.reconstructed_acc, noise_acc=result.baselines.get("noise"), curve=tuple(result.curve),
         curve_references=dict(result.curve_references), eval_images=int(result.eval_info["num_images"]),
         full_split=bool(result.eval_info["full_split"]), sparsity=result.sparsity,
         teacher_nonzero=count_nonzero_parameters(result.teacher.model),

@@ -29,11 +29,12 @@ STAGES = {
     "load": "Loading the teacher and the test images",
     "prune": "Pruning: removing the smallest weights",
     "synthesize": "Dreaming images out of the teacher's BatchNorm statistics",
+    "reconstruct": "Reconstruction: refitting each pruned layer to the teacher's on the dreams",
     "distill": "Distilling: the pruned student learns from the teacher on the dreams",
+    "baseline_noise_reconstruct": "Baseline: the same reconstruction on random noise",
     "baseline_noise": "Baseline: the same distillation on random noise",
     "evaluate": "Final accuracy on the full test split",
 }
-STAGE_ORDER = ("load", "prune", "synthesize", "distill", "baseline_noise", "evaluate")
 LOSS_NAMES = {"loss": "total", "ce": "class (cross-entropy)", "bn": "BatchNorm statistics"}
 LOSS_REFRESH_S = 5.0  # seconds between redraws of the loss plot while dreams form (drawn again at the end)
 SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "checkpoint size", "zipped"]
@@ -103,8 +104,9 @@ class LiveView:
     ``files``, ``status`` and ``warning`` (a message for a pop-up).
     """
 
-    def __init__(self, title: str, sparsity: float, epochs: int, device: str):
+    def __init__(self, title: str, sparsity: float, epochs: int, device: str, refit: bool = True):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
+        self.stages = tuple(s for s in STAGES if refit or not s.endswith("reconstruct"))  # those this run has
         self.started = time.perf_counter()
         self.losses_drawn = -math.inf
         self.stage, self.stage_started, self.step, self.total = "", self.started, 0, 0
@@ -151,6 +153,13 @@ class LiveView:
             return {}
         if item.stage == "synthesize" and item.name == "teacher_top1_on_dreams":
             self.story.append(f"The teacher labels {item.value:.0f}% of the dreams as the class they were dreamed for.")
+            return {"status": self.status()}
+        if item.stage == "reconstruct" and item.name == "accuracy":
+            pruned = self.references.get("pruned")
+            before = f" from {pruned:.1f}%" if pruned is not None else ""
+            self.story.append(
+                f"Refitting the surviving weights layer by layer lifted accuracy{before} to {item.value:.1f}%."
+            )
             return {"status": self.status()}
         if item.stage == "distill" and item.name == "accuracy":
             self.curve.append((item.step, item.value))
@@ -199,7 +208,9 @@ class LiveView:
             f"Final, {split} ({outcome.eval_images:,} images): teacher {outcome.teacher_acc:.2f}%, "
             f"pruned {outcome.pruned_acc:.2f}%, recovered {outcome.recovered_acc:.2f}%"
         )
-        self.story.append(line + (f", KD on noise {outcome.noise_acc:.2f}%." if outcome.noise_acc is not None else "."))
+        self.story.append(
+            line + (f", the same recipe on noise {outcome.noise_acc:.2f}%." if outcome.noise_acc is not None else ".")
+        )
         return {
             "accuracy": self.accuracy_figure(),
             "log": self.log_rows(),
@@ -235,9 +246,9 @@ class LiveView:
         now = time.perf_counter()
         elapsed = format_seconds(now - self.started)
         if self.state == "running":
-            index = STAGE_ORDER.index(self.stage) + 1 if self.stage in STAGE_ORDER else 0
+            index = self.stages.index(self.stage) + 1 if self.stage in self.stages else 0
             name = STAGES.get(self.stage, "Preparing")
-            head = f"Stage {index} of {len(STAGE_ORDER)}: {name}" if index else name
+            head = f"Stage {index} of {len(self.stages)}: {name}" if index else name
             fraction = self.step / self.total if self.total else 0.0
             timing = f"elapsed {elapsed}"
             if self.step and self.total:
@@ -262,7 +273,8 @@ class LiveView:
 
 
 def summary_rows(outcome: Outcome) -> list[list[str]]:
-    """Teacher, pruned, recovered and noise baseline: accuracy, nonzero parameters, size on disk.
+    """Teacher, pruned, refit (when the recipe refits), recovered and noise baseline: accuracy,
+    nonzero parameters, size on disk.
 
     The pruned, recovered and noise students share one mask and one file layout, so they share
     the parameter count and the checkpoint size; only the recovered one is saved (and zipped).
@@ -277,6 +289,8 @@ def summary_rows(outcome: Outcome) -> list[list[str]]:
         ["Teacher (dense)", pct(outcome.teacher_acc), f"{outcome.teacher_nonzero:,}",
          format_bytes(outcome.teacher_bytes), format_bytes(outcome.teacher_zipped)],
         ["Pruned, no recovery", pct(outcome.pruned_acc), student, size, "-"],
+        *([["Refit on dreams, before KD", pct(outcome.reconstructed_acc), student, size, "-"]]
+          if outcome.reconstructed_acc is not None else []),
         ["Recovered: KD on dreams", pct(outcome.recovered_acc), student, size, format_bytes(outcome.student_zipped)],
-        ["Baseline: KD on noise", pct(outcome.noise_acc), student, size, "-"],
+        ["Baseline: same recipe on noise", pct(outcome.noise_acc), student, size, "-"],
     ]  # fmt: skip

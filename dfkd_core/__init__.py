@@ -5,6 +5,7 @@ The method, top-down (one module per stage):
     zoo        load_teacher, list_teachers          a pretrained teacher (registry id or checkpoint)
     prune      prune_model, make_permanent          global L1 magnitude pruning -> the student
     invert     synthesize                           DeepInversion dreams from BatchNorm statistics
+    reconstruct reconstruct                         refit each pruned layer to the teacher's on the dreams
     distill    distill                              KD from teacher to pruned student on the dreams
     evaluate   evaluate, load_eval_set              top-1 on the held-out split (measuring only)
     pipeline   recover, run_recovery                all of the above, as a stream of events
@@ -26,6 +27,7 @@ from .events import Event, Finished, ImagesReady, MetricLogged, Notice, Progress
 from .invert import DreamSet, InversionConfig, synthesize
 from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, recover, run_recovery
 from .prune import make_permanent, prune_model, sparsity_report
+from .reconstruct import ReconstructionConfig, reconstruct
 from .zoo import Normalization, Teacher, list_teachers, load_checkpoint, load_teacher, save_checkpoint
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Notice",
     "Progress",
     "Recipe",
+    "ReconstructionConfig",
     "RecoveryConfig",
     "RecoveryResult",
     "StageFinished",
@@ -58,6 +61,7 @@ __all__ = [
     "load_teacher",
     "make_permanent",
     "prune_model",
+    "reconstruct",
     "recover",
     "run_recovery",
     "save_checkpoint",

@@ -1,7 +1,9 @@
 """``dfkd`` command line: list teachers, evaluate one, recover a pruned one.
 
-Every recipe knob of :class:`InversionConfig` (``--inv-*``) and :class:`DistillConfig`
-(``--kd-*``) is a flag, generated from the dataclasses so the two can never drift apart.
+Every recipe knob of :class:`InversionConfig` (``--inv-*``), :class:`ReconstructionConfig`
+(``--recon-*``, with ``--reconstruction/--no-reconstruction`` to switch the stage) and
+:class:`DistillConfig` (``--kd-*``) is a flag, generated from the dataclasses so the two can never
+drift apart.
 Errors a user can fix end with one readable line on stderr and exit status 2.
 """
 
@@ -23,10 +25,11 @@ from . import __version__
 from .events import Event, Finished, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from .invert import DreamSet
 from .pipeline import PRESETS, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
+from .reconstruct import ReconstructionConfig
 from .zoo import get_pretrained, list_teachers
 
 EXIT_USAGE = 2
-_FLAG_PREFIXES = {"inversion": "inv", "distill": "kd"}
+_FLAG_PREFIXES = {"inversion": "inv", "reconstruction": "recon", "distill": "kd"}
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -41,10 +44,13 @@ def _field_comments(cls: type) -> dict[str, str]:
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     default = get_preset("default")
     for section, prefix in _FLAG_PREFIXES.items():
-        config = getattr(default, section)
+        config = getattr(default, section) or ReconstructionConfig()
         group = parser.add_argument_group(
             f"{section} recipe (override the preset; defaults shown are the 'default' preset)"
         )
+        if section == "reconstruction":
+            group.add_argument("--reconstruction", action=argparse.BooleanOptionalAction, default=None,
+                               help="refit the pruned layers on the dreams before distillation (default: as the preset)")  # fmt: skip
         comments = _field_comments(type(config))
         for f in dataclasses.fields(config):
             flag = f"--{prefix}-{f.name.replace('_', '-')}"
@@ -65,12 +71,13 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_from_args(args: argparse.Namespace):
-    overrides: dict[str, dict[str, Any]] = {"inversion": {}, "distill": {}}
+    overrides: dict[str, dict[str, Any]] = {section: {} for section in _FLAG_PREFIXES}
     for key, value in vars(args).items():
         if "." in key and value is not None:
             section, name = key.split(".", 1)
             overrides[section][name] = value
-    return with_overrides(get_preset(args.preset), overrides["inversion"], overrides["distill"])
+    return with_overrides(get_preset(args.preset), overrides["inversion"], overrides["distill"],
+                          overrides["reconstruction"], reconstruct=args.reconstruction)  # fmt: skip
 
 
 def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +207,7 @@ class _ProgressPrinter:
             if event.metrics:
                 self.bar.set_postfix({k: f"{v:.3g}" for k, v in event.metrics.items()}, refresh=False)
         elif isinstance(event, MetricLogged) and not self.quiet:
-            where = f" (epoch {event.step})" if event.name == "accuracy" else ""
+            where = f" (epoch {event.step})" if event.stage == "distill" and event.name == "accuracy" else ""
             self._write(f"[{event.stage}] {event.name}{where}: {event.value:.2f}")
         elif isinstance(event, Notice):
             self._write(f"note: {event.message}")
@@ -268,7 +275,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     noise = result.baselines.get("noise")
     real = result.baselines.get("real")
     print(
-        f"teacher {result.teacher_acc:.2f}%  pruned {result.pruned_acc:.2f}%  recovered {result.recovered_acc:.2f}%"
+        f"teacher {result.teacher_acc:.2f}%  pruned {result.pruned_acc:.2f}%"
+        + (f"  reconstructed {result.reconstructed_acc:.2f}%" if result.reconstructed_acc is not None else "")
+        + f"  recovered {result.recovered_acc:.2f}%"
         + (f"  noise-KD {noise:.2f}%" if noise is not None else "")
         + (f"  real-data oracle {real:.2f}%" if real is not None else "")
         + f"  (sparsity {result.sparsity:.1%}, {result.timings['total']:.0f} s on {result.device})"

@@ -54,7 +54,7 @@ def test_page_runs_shows_dreams_and_stops(chromium, teacher_checkpoint, image_ro
             first_dream = page.locator("#dreams img").first
             expect(first_dream).to_be_visible(timeout=60_000)
             expect(page.locator("#dreams")).to_contain_text("airplane")
-            expect(page.locator("#status")).to_contain_text("Stage 3 of 6")
+            expect(page.locator("#status")).to_contain_text("Stage 3 of 8")
             expect(page.locator("#run")).to_be_disabled()
             shot = page.screenshot(path=str(artifacts / "app-first-dreams.png"), full_page=True)
             assert len(shot) > 10_000

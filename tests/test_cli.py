@@ -40,7 +40,7 @@ def test_evaluate_json(teacher_checkpoint, image_root, capsys):
 def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out),
-                 "--baselines", "noise,real", *TINY_FLAGS]) == 0  # fmt: skip
+                 "--baselines", "noise,real", "--reconstruction", *TINY_FLAGS]) == 0  # fmt: skip
     assert {p.name for p in out.iterdir()} == {
         "report.json",
         "dreams.png",
@@ -53,6 +53,8 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
     assert report["settings"]["recipe"]["inversion"]["steps"] == 2
     assert report["settings"]["recipe"]["distill"]["epochs"] == 1
     assert report["baselines"]["real_data"] is not None
+    assert report["settings"]["recipe"]["reconstruction"]["num_images"] == 1024
+    assert report["reconstructed_acc"] is not None
     assert "recovered" in capsys.readouterr().out
     from dfkd_core import load_checkpoint
     from dfkd_core.prune import measured_sparsity
@@ -66,7 +68,8 @@ def test_recipe_flags_are_generated_with_help(capsys):
     with pytest.raises(SystemExit):
         main(["recover", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--inv-r-bn", "--inv-first-bn-multiplier", "--kd-temperature", "--kd-feature-weight", "--no-inv-flip"):
+    for flag in ("--inv-r-bn", "--inv-first-bn-multiplier", "--kd-temperature", "--kd-feature-weight", "--no-inv-flip",
+                 "--no-reconstruction", "--recon-damping"):  # fmt: skip
         assert flag in text
     assert "weight of the BatchNorm-statistics loss" in text
 
@@ -125,6 +128,10 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
     _bad([*base, "--teacher", str(teacher_checkpoint), "--kd-lr", "1e30"], capsys, "distillation loss became")
     _bad([*base, "--teacher", str(teacher_checkpoint), "--inv-steps", "0"], capsys, "inversion steps must be >= 1")
     _bad([*base, "--teacher", str(teacher_checkpoint), "--baselines", "gan"], capsys, "unknown baseline")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--reconstruction", "--recon-damping", "0"], capsys,
+         "damping must be a finite")  # fmt: skip
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--recon-damping", "0.1"], capsys,
+         "reconstruction settings (damping) given, but this recipe does not reconstruct")  # fmt: skip
     if not torch.cuda.is_available():
         _bad([*base, "--teacher", str(teacher_checkpoint), "--device", "cuda"], capsys, "no CUDA device is available")
     assert not out.exists(), "a failed run leaves nothing behind"

@@ -16,6 +16,7 @@ from dfkd_core import (
     Notice,
     Progress,
     Recipe,
+    ReconstructionConfig,
     RecoveryConfig,  # fmt: skip
     StageFinished,
     StageStarted,
@@ -26,7 +27,9 @@ from dfkd_core.pipeline import PRESETS, get_preset, resolve_device
 from dfkd_core.zoo import CIFAR10, Teacher
 
 TINY = Recipe(
-    InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1), DistillConfig(epochs=2, batch_size=10)
+    InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1),
+    DistillConfig(epochs=2, batch_size=10),
+    ReconstructionConfig(batch_size=10),
 )
 
 
@@ -42,7 +45,9 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
         ("StageStarted", "load"), ("StageFinished", "load"),
         ("StageStarted", "prune"), ("StageFinished", "prune"),
         ("StageStarted", "synthesize"), ("StageFinished", "synthesize"),
+        ("StageStarted", "reconstruct"), ("StageFinished", "reconstruct"),
         ("StageStarted", "distill"), ("StageFinished", "distill"),
+        ("StageStarted", "baseline_noise_reconstruct"), ("StageFinished", "baseline_noise_reconstruct"),
         ("StageStarted", "baseline_noise"), ("StageFinished", "baseline_noise"),
         ("StageStarted", "evaluate"), ("StageFinished", "evaluate"),
     ]  # fmt: skip
@@ -51,10 +56,11 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     metrics = [(e.stage, e.name, e.step) for e in events if isinstance(e, MetricLogged)]
     assert metrics == [
         ("prune", "teacher_curve_accuracy", 0), ("prune", "pruned_curve_accuracy", 0),
-        ("synthesize", "teacher_top1_on_dreams", 0),
+        ("synthesize", "teacher_top1_on_dreams", 0), ("reconstruct", "accuracy", 0),
         ("distill", "accuracy", 0), ("distill", "accuracy", 1), ("distill", "accuracy", 2),
         ("baseline_noise", "noise_curve_accuracy", 0), ("baseline_noise", "noise_accuracy", 0),
-        ("evaluate", "teacher_accuracy", 0), ("evaluate", "pruned_accuracy", 0), ("evaluate", "recovered_accuracy", 0),
+        ("evaluate", "teacher_accuracy", 0), ("evaluate", "pruned_accuracy", 0),
+        ("evaluate", "reconstructed_accuracy", 0), ("evaluate", "recovered_accuracy", 0),
     ]  # fmt: skip
     first_images = next(i for i, e in enumerate(events) if isinstance(e, ImagesReady))
     first_full_eval = next(i for i, e in enumerate(events) if isinstance(e, MetricLogged) and e.stage == "evaluate")
@@ -75,6 +81,8 @@ def test_result_and_report(teacher_checkpoint, image_root):
     assert set(report["timings_s"]) >= {"synthesis", "distillation", "total"}
     assert report["settings"]["recipe"]["inversion"]["num_images"] == 20
     assert report["curve"]["epochs"] == [0, 1, 2] and report["curve"]["images"] == 20
+    assert isinstance(report["reconstructed_acc"], float) and "reconstruction" in report["timings_s"]
+    assert result.curve[0][1] == result.curve_references["reconstructed"]  # distillation starts from the refit
     assert len(report["layers"]) == 22
 
 
@@ -117,16 +125,17 @@ def _forbid_training_reads(monkeypatch, train_dir: Path):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", cifar_guard)
 
 
-EVERY_COMPONENT = Recipe(  # each optional part switched on: ADI, mixing, features, pruning ramp, both BN modes
+EVERY_COMPONENT = Recipe(  # each optional part on: ADI, reconstruction, mixing, features, pruning ramp, both BN modes
     InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1, adi=1.0, tv_l1=1e-4, l2=1e-5),
     DistillConfig(epochs=2, batch_size=10, mix="cutmix", feature_weight=1.0, prune_ramp=0.5),
+    ReconstructionConfig(num_images=16, batch_size=8),
 )
 
 
 @pytest.mark.parametrize("recipe", [TINY, EVERY_COMPONENT, replace(EVERY_COMPONENT, distill=replace(
     EVERY_COMPONENT.distill, mix="mixup", bn_mode="frozen"))], ids=["tiny", "every-component", "mixup-frozen"])  # fmt: skip
 def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch, recipe):
-    """The data-free guarantee: load, prune, synthesize, distill and the noise baseline run with
+    """The data-free guarantee: load, prune, synthesize, reconstruct, distill and the noise baseline run with
     every read below train/ turned into an error, for every component the recipe can switch on."""
     _forbid_training_reads(monkeypatch, image_root / "train")
     config = replace(tiny_config(teacher_checkpoint, image_root, baselines=("noise",)), recipe=recipe)
@@ -183,6 +192,16 @@ def test_cuda_request_without_cuda():
 def test_bad_device_name():
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu")
+
+
+def test_a_recipe_without_reconstruction_skips_the_stage(teacher_checkpoint, image_root):
+    config = replace(
+        tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=replace(TINY, reconstruction=None)
+    )
+    events = list(recover(config))
+    assert not any(isinstance(e, StageStarted) and "reconstruct" in e.stage for e in events)
+    result = events[-1].result
+    assert result.reconstructed_acc is None and result.curve[0][1] == result.curve_references["pruned"]
 
 
 def test_presets():

@@ -225,3 +225,15 @@ def test_dreams_can_be_reused(teacher_checkpoint, image_root):
     assert not any(isinstance(e, ImagesReady) for e in events)
     result = events[-1].result
     assert result.dreams is first.dreams and result.timings["synthesis"] == first.dreams.seconds
+
+
+def test_with_overrides_switches_the_refit_on_and_off():
+    from dfkd_core.pipeline import with_overrides
+
+    assert PRESETS["default"].reconstruction is None and PRESETS["quick"].reconstruction is not None
+    on = with_overrides(PRESETS["default"], reconstruct=True, reconstruction={"damping": 0.1})
+    assert on.reconstruction == ReconstructionConfig(damping=0.1) and on.distill == PRESETS["default"].distill
+    assert with_overrides(PRESETS["quick"], reconstruct=False).reconstruction is None
+    assert with_overrides(PRESETS["quick"], {"steps": 5}).reconstruction == PRESETS["quick"].reconstruction
+    with pytest.raises(ValueError, match="does not reconstruct"):
+        with_overrides(PRESETS["default"], reconstruction={"damping": 0.1})

@@ -6,7 +6,7 @@ survivors are the solution of a small least-squares problem per output unit: on 
 the student's layer output, computed from the *student's own* input to that layer, match the
 teacher's output of the same layer. Layers are refit in forward order, so each one also absorbs
 the error its pruned predecessors left in its input (the fixed-mask weight update of Optimal Brain
-Compression, Frantar & Alistarh 2022, and the layer-wise recipe of SparseGPT, solved exactly here).
+Compression, Frantar & Alistarh 2022, with the mask left as global L1 pruning chose it).
 
 For a layer ``y = W x + b`` (a convolution is the same over image patches), with ``x`` the
 student's input, ``x'`` the teacher's and ``W'`` its weights, each output row ``w`` minimizes
@@ -14,9 +14,10 @@ student's input, ``x'`` the teacher's and ``W'`` its weights, each output row ``
 needs only the Gram matrices ``H = sum x x^T`` and ``G = sum x x'^T``. All rows of a layer are solved
 at once by conjugate gradients on the masked system, warm-started at the pruned weights.
 
-This costs seconds to a minute on a CPU and, at 75% sparsity, already recovers most of what
-distillation would; distillation then starts from a far better student. Only the dreams (or
-whatever images the caller passes) are read - this module never loads data itself.
+This costs seconds to a minute on a CPU and, at 75% sparsity, recovers nearly what a full
+distillation would - the reason the fast presets use it. A long distillation does not gain from
+starting here (at 90% it ends lower; see the README's ablation), so the default recipe skips it.
+Only the dreams (or whatever images the caller passes) are read - this module never loads data.
 """
 
 from __future__ import annotations

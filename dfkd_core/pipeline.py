@@ -395,7 +395,7 @@ def with_overrides(
     if not on and reconstruction:
         raise ValueError(
             f"reconstruction settings ({', '.join(reconstruction)}) given, but this recipe does not reconstruct; "
-            "switch reconstruction on as well"
+            "switch it on as well (reconstruct=True; --reconstruction on the command line) or use a preset that refits"
         )
     refit = replace(recipe.reconstruction or ReconstructionConfig(), **(reconstruction or {})) if on else None
     return Recipe(replace(recipe.inversion, **(inversion or {})), replace(recipe.distill, **(distill or {})), refit)

@@ -53,6 +53,7 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
     refit = dataclasses.replace(cutmix, reconstruction=ReconstructionConfig())
     refit_gentle = _kd(refit, lr=0.01, bn_mode="frozen")
     patient = _kd(cutmix, epochs=60)
+    more_full_dreams = dataclasses.replace(cutmix, inversion=dataclasses.replace(cutmix.inversion, num_images=2048))
     return [
         ("paper: 1,024 dreams x 200 steps, logits-only KD, teacher BN kept, lr 0.01", paper, True),
         ("+ student BatchNorm recalibrated on the dreams", recalibrated, True),
@@ -64,6 +65,7 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ layer-wise refit of the pruned layers on the dreams before KD", refit, False),
         ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01), as in `quick`", refit_gentle, False),
         ("+ twice as long: 60 epochs = preset `best`", patient, True),
+        ("+ instead twice the dreams (2,048 x 200), 30 epochs: the KD steps of `best`", more_full_dreams, False),
     ]
 
 

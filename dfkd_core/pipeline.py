@@ -233,8 +233,9 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
     """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
 
     Stages, in order: ``load``, ``prune`` (the accuracy cliff, on the curve subset), ``synthesize``,
-    ``reconstruct`` (unless the recipe turns it off), ``distill`` (accuracy per epoch on the curve subset), ``baseline_noise``/``baseline_real``
-    and ``evaluate`` (the reported numbers, on the full split unless ``eval_per_class`` is set).
+    ``reconstruct`` (unless the recipe turns it off), ``distill`` (accuracy per epoch on the curve
+    subset), ``baseline_noise``/``baseline_real`` and ``evaluate`` (the reported numbers, on the full
+    split unless ``eval_per_class`` is set).
     Cheap checks come first and the full-split evaluation last, so dreams appear within seconds.
 
     ``dreams`` reuses a dream set synthesized earlier from the same teacher (dreams do not
@@ -335,11 +336,6 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         timings[f"baseline_{name}"] = time.perf_counter() - t0
         del baseline_student
 
-    yield StageStarted("evaluate", 4 if reconstructed is not None else 3, f"top-1 on {len(eval_set):,} held-out images")
-    t0 = time.perf_counter()
-    final = {}
-    teacher_key = (_fingerprint(config.teacher), teacher.arch, teacher.normalization, test_set.name, len(test_set),
-                   len(eval_set), config.seed, str(device))  # fmt: skip
     measured = [
         ("teacher", teacher.model),
         ("pruned", pruned),
@@ -347,6 +343,11 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         ("recovered", student),
     ]
     measured = [(name, model) for name, model in measured if model is not None]
+    yield StageStarted("evaluate", len(measured), f"top-1 on {len(eval_set):,} held-out images")
+    t0 = time.perf_counter()
+    final = {}
+    teacher_key = (_fingerprint(config.teacher), teacher.arch, teacher.normalization, test_set.name, len(test_set),
+                   len(eval_set), config.seed, str(device))  # fmt: skip
     for step, (name, model) in enumerate(measured, 1):
         if name == "teacher":
             final[name] = _TEACHER_ACCURACY.get(teacher_key) or measure(model)

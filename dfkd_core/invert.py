@@ -125,17 +125,45 @@ class DreamSet:
         return path
 
 
-def total_variation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L1, L2) total variation over horizontal, vertical and both diagonal neighbours."""
-    diffs = (
+def _neighbour_differences(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Pixel differences to the horizontal, vertical and both diagonal neighbours."""
+    return (
         x[:, :, :, :-1] - x[:, :, :, 1:],
         x[:, :, :-1, :] - x[:, :, 1:, :],
         x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
         x[:, :, :-1, :-1] - x[:, :, 1:, 1:],
     )
+
+
+def total_variation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, L2) total variation over horizontal, vertical and both diagonal neighbours."""
+    diffs = _neighbour_differences(x)
     l1 = sum(d.abs().mean() for d in diffs)
     l2 = sum(torch.linalg.vector_norm(d) for d in diffs)
     return l1, l2  # type: ignore[return-value]
+
+
+def _smoothness_prior(x: torch.Tensor, tv_l1: float, tv_l2: float) -> torch.Tensor:
+    """``tv_l1 * L1 + tv_l2 * L2`` total variation, computing (and back-propagating) only the weighted terms."""
+    diffs = _neighbour_differences(x)
+    loss = x.new_zeros(())
+    if tv_l1:
+        loss = loss + tv_l1 * sum(d.abs().mean() for d in diffs)
+    if tv_l2:
+        loss = loss + tv_l2 * sum(torch.linalg.vector_norm(d) for d in diffs)
+    return loss
+
+
+def _jittered(x: torch.Tensor, shift: list[int], flip: bool) -> torch.Tensor:
+    """``x`` rolled by ``shift`` pixels (rows, columns) and optionally mirrored, keeping its memory format.
+
+    Only the dimensions that move are rolled: ``torch.roll`` over a dimension with a zero shift
+    returns a plain contiguous tensor, which would run that step's whole network out of channels_last.
+    """
+    moved = [(s, d) for s, d in zip(shift, (2, 3)) if s]
+    if moved:
+        x = torch.roll(x, shifts=[s for s, _ in moved], dims=[d for _, d in moved])
+    return torch.flip(x, dims=(3,)) if flip else x
 
 
 _ONES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -411,15 +439,13 @@ def iter_synthesize(
             for t in range(config.steps):
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps))
-                view = torch.roll(x, shifts=shifts[t], dims=(2, 3)) if config.jitter else x
-                view = torch.flip(view, dims=(3,)) if flips[t] else view
+                view = _jittered(x, shifts[t], flips[t])
                 logits = bn_loss.network(view)
                 ce = F.cross_entropy(logits, targets)
                 bn = bn_loss.pop()
                 loss = config.ce * ce + config.r_bn * bn
                 if config.tv_l1 or config.tv_l2:
-                    tv1, tv2 = total_variation(view)
-                    loss = loss + config.tv_l1 * tv1 + config.tv_l2 * tv2
+                    loss = loss + _smoothness_prior(view, config.tv_l1, config.tv_l2)
                 if config.l2:
                     loss = loss + config.l2 * torch.linalg.vector_norm(view)
                 if student is not None:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dfkd_core import DreamSet, ImagesReady, InversionConfig, Progress, create_model, synthesize
-from dfkd_core.invert import _BNStatisticsLoss, _ChannelMoments
+from dfkd_core.invert import _BNStatisticsLoss, _ChannelMoments, _jittered, _smoothness_prior, total_variation
 from dfkd_core.zoo import CIFAR10, Teacher
 
 TINY = InversionConfig(num_images=20, batch_size=10, steps=6, preview_every=3)
@@ -69,6 +69,28 @@ def test_folding_is_accurate_in_float32_for_tiny_scales_and_in_place_ops():
         logits.sum().backward()  # no in-place error
         prior.remove()
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (0, 2), (-1, 0), (2, -2)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_jitter_keeps_channels_last_and_matches_roll(shift, flip):
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    view = _jittered(x, list(shift), flip)
+    expected = torch.roll(x, shifts=shift, dims=(2, 3))
+    expected = torch.flip(expected, dims=(3,)) if flip else expected
+    assert torch.equal(view, expected)
+    assert view.is_contiguous(memory_format=torch.channels_last)  # else the whole step runs channels-first
+
+
+@pytest.mark.parametrize("tv_l1, tv_l2", [(0.0, 2.5e-5), (0.3, 0.0), (0.3, 2.5e-5)])
+def test_smoothness_prior_is_the_weighted_total_variation(tv_l1, tv_l2):
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    l1, l2 = total_variation(x)
+    (expected,) = torch.autograd.grad(tv_l1 * l1 + tv_l2 * l2, x)
+    prior = _smoothness_prior(x, tv_l1, tv_l2)
+    (grad,) = torch.autograd.grad(prior, x)
+    assert torch.allclose(prior, tv_l1 * l1 + tv_l2 * l2)
+    assert torch.allclose(grad, expected)
 
 
 def test_batchnorm_not_after_a_convolution_keeps_the_hooked_teacher():

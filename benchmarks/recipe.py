@@ -52,8 +52,11 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
     )
     refit = dataclasses.replace(cutmix, reconstruction=ReconstructionConfig())
     refit_gentle = _kd(refit, lr=0.01, bn_mode="frozen")
-    patient = _kd(cutmix, epochs=60)
-    more_full_dreams = dataclasses.replace(cutmix, inversion=dataclasses.replace(cutmix.inversion, num_images=2048))
+    more_steps = _kd(cutmix, batch_size=32, lr=0.1)
+    patient = _kd(more_steps, epochs=60)
+    more_full_dreams = dataclasses.replace(
+        more_steps, inversion=dataclasses.replace(more_steps.inversion, num_images=2048)
+    )
     return [
         ("paper: 1,024 dreams x 200 steps, logits-only KD, teacher BN kept, lr 0.01", paper, True),
         ("+ student BatchNorm recalibrated on the dreams", recalibrated, True),
@@ -61,9 +64,10 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ layer-by-layer feature distillation", features, True),
         ("+ gradual pruning: weights removed smallest-first over the first half of KD", gradual, False),
         ("+ 4x the dreams at 1/4 the steps (4,096 x 50), 8 epochs: same synthesis and KD steps", more_dreams, False),
-        ("+ cutmix of dream pairs during KD = preset `default`", cutmix, True),
+        ("+ cutmix of dream pairs during KD", cutmix, True),
         ("+ layer-wise refit of the pruned layers on the dreams before KD", refit, False),
-        ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01), as in `quick`", refit_gentle, False),
+        ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01), as in `preview`", refit_gentle, False),
+        ("+ 4x the SGD steps: batches of 32 instead of 128, lr 0.1 = preset `default`", more_steps, True),
         ("+ twice as long: 60 epochs = preset `best`", patient, True),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs: the KD steps of `best`", more_full_dreams, False),
     ]

@@ -48,8 +48,8 @@ class DistillConfig:
     """KD recipe; defaults are the recommended recovery recipe."""
 
     epochs: int = 30  # passes over the transfer set
-    batch_size: int = 128  # images per SGD step
-    lr: float = 0.05  # SGD peak learning rate, cosine-annealed to zero over all steps
+    batch_size: int = 32  # images per SGD step: small, so a 1,024-image transfer set gives 32 steps an epoch
+    lr: float = 0.1  # SGD peak learning rate, cosine-annealed to zero over all steps
     momentum: float = 0.9  # SGD (Nesterov) momentum
     weight_decay: float = 0.0  # L2 weight decay (the pruned student starts at a good minimum)
     temperature: float = 4.0  # softmax temperature T of the KD loss (scaled by T^2)

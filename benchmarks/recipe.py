@@ -66,7 +66,7 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ 4x the dreams at 1/4 the steps (4,096 x 50), 8 epochs: same synthesis and KD steps", more_dreams, False),
         ("+ cutmix of dream pairs during KD", cutmix, True),
         ("+ layer-wise refit of the pruned layers on the dreams before KD", refit, False),
-        ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01), as in `preview`", refit_gentle, False),
+        ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01)", refit_gentle, False),
         ("+ 4x the SGD steps: batches of 32 instead of 128, lr 0.1 = preset `default`", more_steps, True),
         ("+ twice as long: 60 epochs = preset `best`", patient, True),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs: the KD steps of `best`", more_full_dreams, False),

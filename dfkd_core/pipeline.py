@@ -55,10 +55,6 @@ class Recipe:
     reconstruction: ReconstructionConfig | None = None  # layer-wise refit before distillation (None = skip)
 
 
-# Distillation after a layer-wise refit: the refit solved each layer against the teacher's BatchNorm
-# statistics, so they stay frozen, and a small step size keeps the student near the refit solution.
-_GENTLE_KD = DistillConfig(epochs=12, batch_size=128, lr=0.01, bn_mode="frozen")
-
 PRESETS: dict[str, Recipe] = {
     # The recommended recipe (the library defaults): about 7 minutes for a ResNet-20 on two CPU cores.
     "default": Recipe(),
@@ -68,7 +64,7 @@ PRESETS: dict[str, Recipe] = {
     # The most accurate measured recipe: the default with twice the distillation (worth most at high sparsity).
     "best": Recipe(distill=DistillConfig(epochs=60)),
     # The app's CPU budget: dreams on screen within seconds and the whole run in about 2.5 minutes.
-    "preview": Recipe(InversionConfig(num_images=512, steps=40), _GENTLE_KD, ReconstructionConfig()),
+    "preview": Recipe(InversionConfig(num_images=512, steps=40), DistillConfig(epochs=12), ReconstructionConfig()),
     # The reference recipe of the paper: 1,024 dreams x 200 steps, logits-only KD for 30 epochs with
     # the teacher's BatchNorm statistics kept.
     "paper": Recipe(

@@ -57,6 +57,7 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
     more_full_dreams = dataclasses.replace(
         more_steps, inversion=dataclasses.replace(more_steps.inversion, num_images=2048)
     )
+    patient_more_dreams = dataclasses.replace(patient, inversion=more_full_dreams.inversion)
     return [
         ("paper: 1,024 dreams x 200 steps, logits-only KD, teacher BN kept, lr 0.01", paper, True),
         ("+ student BatchNorm recalibrated on the dreams", recalibrated, True),
@@ -68,8 +69,9 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ layer-wise refit of the pruned layers on the dreams before KD", refit, False),
         ("+ refit, then gentle KD (teacher BatchNorm statistics kept, lr 0.01)", refit_gentle, False),
         ("+ 4x the SGD steps: batches of 32 instead of 128, lr 0.1 = preset `default`", more_steps, True),
-        ("+ twice as long: 60 epochs = preset `best`", patient, True),
-        ("+ instead twice the dreams (2,048 x 200), 30 epochs: the KD steps of `best`", more_full_dreams, False),
+        ("+ instead twice the dreams (2,048 x 200), 30 epochs", more_full_dreams, False),
+        ("+ twice as long: 60 epochs", patient, True),
+        ("+ twice the dreams (2,048 x 200) = preset `best`", patient_more_dreams, True),
     ]
 
 

@@ -82,7 +82,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "Quick": Budget("Quick", PRESETS["preview"], 100, 120, "for a CPU"),
     "Standard": Budget("Standard", PRESETS["default"], 200, 300, "the recommended recipe"),
-    "Full": Budget("Full", PRESETS["best"], 200, 600, "the most accurate recipe; for a GPU"),
+    "Full": Budget("Full", PRESETS["best"], 200, 750, "the most accurate recipe; for a GPU"),
 }
 
 

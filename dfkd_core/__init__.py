@@ -2,13 +2,14 @@
 
 The method, top-down (one module per stage):
 
-    zoo        load_teacher, list_teachers          a pretrained teacher (registry id or checkpoint)
-    prune      prune_model, make_permanent          global L1 magnitude pruning -> the student
-    invert     synthesize                           DeepInversion dreams from BatchNorm statistics
-    reconstruct reconstruct                         refit each pruned layer to the teacher's on the dreams
-    distill    distill                              KD from teacher to pruned student on the dreams
-    evaluate   evaluate, load_eval_set              top-1 on the held-out split (measuring only)
-    pipeline   recover, run_recovery                all of the above, as a stream of events
+    zoo       load_teacher, list_teachers      a pretrained teacher (registry id or checkpoint)
+    prune     prune_model, make_permanent      global L1 magnitude pruning -> the student
+    dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
+    refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams
+    distill   distill, iter_distill            knowledge distillation from teacher to student on the dreams
+    evaluate  evaluate, load_eval_set          top-1 on the held-out split (measuring only)
+    pipeline  recover, run_recovery            all of the above, as a stream of typed events
+    outputs   write_outputs                    the files of a finished run
 
 Example::
 
@@ -17,43 +18,66 @@ Example::
     print(result.teacher_acc, result.pruned_acc, result.recovered_acc)
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .architectures import create_model, list_architectures
 from .data import ImageSet, load_eval_set
-from .distill import DistillConfig, distill
+from .device import resolve_device
+from .distill import DistillConfig, distill, iter_distill
+from .dream import DreamConfig, DreamSet, dream, iter_dream
 from .evaluate import evaluate
-from .events import Event, Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
-from .invert import DreamSet, InversionConfig, synthesize
-from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, recover, run_recovery
+from .events import (
+    Event,
+    Finished,
+    ImagesReady,
+    Metric,
+    MetricLogged,
+    Network,
+    Notice,
+    Progress,
+    Stage,
+    StageFinished,
+    StageStarted,
+)
+from .outputs import write_outputs
+from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, run_recovery, with_overrides
+from .progress import ProgressBars
 from .prune import make_permanent, prune_model, sparsity_report
-from .reconstruct import ReconstructionConfig, reconstruct
+from .refit import RefitConfig, iter_refit, refit
 from .zoo import Normalization, Teacher, list_teachers, load_checkpoint, load_teacher, save_checkpoint
 
 __all__ = [
     "PRESETS",
     "DistillConfig",
+    "DreamConfig",
     "DreamSet",
     "Event",
     "Finished",
     "ImageSet",
     "ImagesReady",
-    "InversionConfig",
+    "Metric",
     "MetricLogged",
+    "Network",
     "Normalization",
     "Notice",
     "Progress",
+    "ProgressBars",
     "Recipe",
-    "ReconstructionConfig",
     "RecoveryConfig",
     "RecoveryResult",
+    "RefitConfig",
+    "Stage",
     "StageFinished",
     "StageStarted",
     "Teacher",
     "__version__",
     "create_model",
     "distill",
+    "dream",
     "evaluate",
+    "get_preset",
+    "iter_distill",
+    "iter_dream",
+    "iter_refit",
     "list_architectures",
     "list_teachers",
     "load_checkpoint",
@@ -61,10 +85,12 @@ __all__ = [
     "load_teacher",
     "make_permanent",
     "prune_model",
-    "reconstruct",
     "recover",
+    "refit",
+    "resolve_device",
     "run_recovery",
     "save_checkpoint",
     "sparsity_report",
-    "synthesize",
+    "with_overrides",
+    "write_outputs",
 ]

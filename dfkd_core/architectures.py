@@ -249,10 +249,14 @@ class VGG(nn.Module):
                 in_channels = int(item)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
             nn.Linear(512, num_classes),
-        )  # fmt: skip
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,8 +1,8 @@
 """``dfkd`` command line: list teachers, evaluate one, recover a pruned one.
 
-Every recipe knob of :class:`InversionConfig` (``--inv-*``), :class:`ReconstructionConfig`
-(``--recon-*``, with ``--reconstruction/--no-reconstruction`` to switch the stage) and
-:class:`DistillConfig` (``--kd-*``) is a flag, generated from the dataclasses so the two can never
+Every recipe knob of :class:`DreamConfig` (``--dream-*``), :class:`RefitConfig` (``--refit-*``,
+with ``--refit/--no-refit`` to switch the stage) and :class:`DistillConfig` (``--distill-*``) is a
+flag, generated from the dataclasses (help text from each field's metadata), so the two can never
 drift apart.
 Errors a user can fix end with one readable line on stderr and exit status 2.
 """
@@ -11,52 +11,46 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
-import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .events import Event, Finished, MetricLogged, Notice, Progress, StageFinished, StageStarted
-from .invert import DreamSet
-from .pipeline import PRESETS, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
-from .reconstruct import ReconstructionConfig
+from ._knobs import help_of
+from ._version import __version__
+from .dream import DreamSet
+from .events import Finished
+from .outputs import OUTPUT_FILES, write_outputs
+from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
+from .progress import ProgressBars
+from .prune import SCOPES
+from .refit import RefitConfig
 from .zoo import get_pretrained, list_teachers
 
 EXIT_USAGE = 2
-_FLAG_PREFIXES = {"inversion": "inv", "reconstruction": "recon", "distill": "kd"}
-
-
-def _field_comments(cls: type) -> dict[str, str]:
-    """The one-line comment written beside each dataclass field, used as its ``--help`` text."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+RECIPE_SECTIONS = ("dream", "refit", "distill")  # the Recipe fields, each a flag prefix: --dream-steps, ...
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     default = get_preset("default")
-    for section, prefix in _FLAG_PREFIXES.items():
-        config = getattr(default, section) or ReconstructionConfig()
+    for section in RECIPE_SECTIONS:
+        config = getattr(default, section) or RefitConfig()
         group = parser.add_argument_group(
-            f"{section} recipe (override the preset; defaults shown are the 'default' preset)"
+            f"{section} (overrides the preset; defaults shown are the 'default' preset's)"
         )
-        if section == "reconstruction":
-            group.add_argument("--reconstruction", action=argparse.BooleanOptionalAction, default=None,
-                               help="refit the pruned layers on the dreams before distillation (default: as the preset)")  # fmt: skip
-        comments = _field_comments(type(config))
+        if section == "refit":
+            group.add_argument(
+                "--refit",
+                dest="use_refit",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="refit the pruned layers on the dreams before distillation (default: as the preset)",
+            )
         for f in dataclasses.fields(config):
-            flag = f"--{prefix}-{f.name.replace('_', '-')}"
             value = getattr(config, f.name)
-            help_text = f"{comments.get(f.name, '')} (default: {value})"
-            dest = f"{section}.{f.name}"
+            flag, dest = f"--{section}-{f.name.replace('_', '-')}", f"{section}.{f.name}"
+            help_text = f"{help_of(type(config), f.name)} (default: {value})"
             if isinstance(value, bool):
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
@@ -70,14 +64,15 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                 )
 
 
-def _recipe_from_args(args: argparse.Namespace):
-    overrides: dict[str, dict[str, Any]] = {section: {} for section in _FLAG_PREFIXES}
+def _recipe_from_args(args: argparse.Namespace) -> Recipe:
+    overrides: dict[str, dict[str, Any]] = {section: {} for section in RECIPE_SECTIONS}
     for key, value in vars(args).items():
         if "." in key and value is not None:
             section, name = key.split(".", 1)
             overrides[section][name] = value
-    return with_overrides(get_preset(args.preset), overrides["inversion"], overrides["distill"],
-                          overrides["reconstruction"], reconstruct=args.reconstruction)  # fmt: skip
+    return with_overrides(
+        get_preset(args.preset), overrides["dream"], overrides["distill"], overrides["refit"], use_refit=args.use_refit
+    )
 
 
 def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +87,7 @@ def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dfkd", description="Data-free recovery of pruned networks (DeepInversion + KD)."
+        prog="dfkd", description="Data-free recovery of pruned networks (DeepInversion + knowledge distillation)."
     )
     parser.add_argument("--version", action="version", version=f"dfkd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,14 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--sparsity", type=float, default=0.75, help="fraction of Conv/Linear weights to remove, in [0, 1)"
     )
-    rec.add_argument("--scope", choices=("global", "layerwise"), default="global", help="pruning threshold scope")
-    rec.add_argument(
-        "--out", required=True, type=Path, help="output directory (report.json, dreams.png, curves.png, ...)"
-    )
+    rec.add_argument("--scope", choices=SCOPES, default="global", help="pruning threshold scope")
+    rec.add_argument("--out", required=True, type=Path, help=f"output directory ({', '.join(OUTPUT_FILES)})")
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--preset", choices=tuple(PRESETS), default="default", help="recipe preset")
-    rec.add_argument("--baselines", default="noise",
-                     help="comma list of same-budget baselines: noise, real (oracle on real training images), or none")  # fmt: skip
+    rec.add_argument(
+        "--baselines",
+        default="noise",
+        help=f"comma list of same-budget baselines ({', '.join(BASELINES)}: "
+        "the oracle on real training images), or none",
+    )
     rec.add_argument(
         "--curve-per-class", type=int, default=200, help="test images per class for the per-epoch curve (0 = all)"
     )
@@ -125,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-per-class", type=int, default=0, help="test images per class for reported accuracies (0 = all)"
     )
     rec.add_argument(
-        "--dreams", type=Path, help="reuse dreams.pt from an earlier run of the same teacher (skips synthesis)"
+        "--dreams", type=Path, help="reuse dreams.pt from an earlier run of the same teacher (skips dreaming)"
     )
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_recipe_flags(rec)
@@ -146,9 +143,17 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
     rows = [get_pretrained(i) for i in ids]
     if args.json:
         for r in rows:
-            print(json.dumps({"id": r.id, "arch": r.arch, "family": r.family, "num_params": r.num_params,
-                              "reported_acc": r.reported_acc, "normalization": r.normalization.as_dict(),
-                              "license": r.license, "url": r.url}))  # fmt: skip
+            record = {
+                "id": r.id,
+                "arch": r.arch,
+                "family": r.family,
+                "num_params": r.num_params,
+                "reported_acc": r.reported_acc,
+                "normalization": r.normalization.as_dict(),
+                "license": r.license,
+                "url": r.url,
+            }
+            print(json.dumps(record))
         return 0
     width = max(len(i) for i in ids)
     print(f"{'id':<{width}}  {'params':>10}  {'top-1':>6}  {'norm':<8}  license")
@@ -160,20 +165,23 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_eval_set
-    from .evaluate import evaluate
-    from .pipeline import resolve_device
+    from .device import resolve_device
+    from .evaluate import check_classes, evaluate
     from .zoo import load_teacher
 
     device = resolve_device(args.device)
     teacher = load_teacher(args.teacher, arch=args.arch, normalization=args.normalization)
     data = load_eval_set(args.data)
-    if len(data.classes) != teacher.num_classes:
-        raise ValueError(
-            f"{args.data!r} has {len(data.classes)} classes but the teacher predicts {teacher.num_classes}"
-        )
+    check_classes(data, teacher, args.data)
     accuracy = evaluate(teacher.model.to(device), data, teacher.normalization, device=device)
-    record = {"teacher": args.teacher, "arch": teacher.arch, "accuracy": round(accuracy, 2),
-              "num_images": len(data), "dataset": data.name, "device": str(device)}  # fmt: skip
+    record = {
+        "teacher": args.teacher,
+        "arch": teacher.arch,
+        "accuracy": round(accuracy, 2),
+        "num_images": len(data),
+        "dataset": data.name,
+        "device": str(device),
+    }
     print(
         json.dumps(record)
         if args.json
@@ -182,73 +190,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressPrinter:
-    """Turns pipeline events into tqdm bars (one per stage) and one line per measurement."""
-
-    def __init__(self, quiet: bool):
-        from tqdm.auto import tqdm
-
-        self._tqdm, self.quiet, self.bar = tqdm, quiet, None
-
-    def _write(self, line: str) -> None:
-        self._tqdm.write(line, file=sys.stderr)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, StageStarted):
-            self._close()
-            if event.total and not self.quiet:
-                self.bar = self._tqdm(
-                    total=event.total, desc=event.stage, unit="step", file=sys.stderr, dynamic_ncols=True
-                )
-            elif not self.quiet:
-                self._write(f"[{event.stage}] {event.description}")
-        elif isinstance(event, Progress) and self.bar is not None:
-            self.bar.update(event.step - self.bar.n)
-            if event.metrics:
-                self.bar.set_postfix({k: f"{v:.3g}" for k, v in event.metrics.items()}, refresh=False)
-        elif isinstance(event, MetricLogged) and not self.quiet:
-            where = f" (epoch {event.step})" if event.stage == "distill" and event.name == "accuracy" else ""
-            self._write(f"[{event.stage}] {event.name}{where}: {event.value:.2f}")
-        elif isinstance(event, Notice):
-            self._write(f"note: {event.message}")
-        elif isinstance(event, StageFinished):
-            self._close()
-
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def write_outputs(result: RecoveryResult, out: Path) -> list[Path]:
-    """Write report.json, dreams.png/.pt, curves.png, sparsity.png and the recovered student.
-
-    Files are written to a scratch folder first and moved into ``out`` only when all succeeded.
-    """
-    from .plots import dreams_figure, result_figure, sparsity_figure
-    from .prune import clone_model, make_permanent
-    from .zoo import save_checkpoint
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        report = result.report()
-        (scratch / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        dreams_figure(result.dreams).savefig(scratch / "dreams.png", dpi=150)
-        result.dreams.save(scratch / "dreams.pt")
-        result_figure(result).savefig(scratch / "curves.png", dpi=120)
-        sparsity_figure(result.layers).savefig(scratch / "sparsity.png", dpi=120)
-        student = make_permanent(clone_model(result.student).cpu())
-        save_checkpoint(scratch / "student.pt", student, result.teacher, sparsity=result.sparsity,
-                        recovered_acc=result.recovered_acc, teacher_source=result.config.teacher)  # fmt: skip
-        out.mkdir(exist_ok=True)
-        written = []
-        for file in sorted(scratch.iterdir()):
-            os.replace(file, out / file.name)
-            written.append(out / file.name)
-        return written
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def _summary(result: RecoveryResult) -> str:
+    """One line with every accuracy of the run, its sparsity and its wall time."""
+    parts = [f"teacher {result.teacher_acc:.2f}%", f"pruned {result.pruned_acc:.2f}%"]
+    if result.refit_acc is not None:
+        parts.append(f"refit {result.refit_acc:.2f}%")
+    parts.append(f"recovered {result.recovered_acc:.2f}%")
+    labels = {"noise": "noise", "real": "real-data oracle"}
+    parts += [f"{labels[name]} {value:.2f}%" for name, value in result.baselines.items() if value is not None]
+    return "  ".join(parts) + f"  (sparsity {result.sparsity:.1%}, {result.timings['total']:.0f} s on {result.device})"
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -256,32 +206,32 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {str(args.out)!r} exists and is not a directory")
     config = RecoveryConfig(
-        teacher=args.teacher, data=args.data, sparsity=args.sparsity, scope=args.scope, recipe=_recipe_from_args(args),
-        baselines=baselines, curve_per_class=args.curve_per_class, eval_per_class=args.eval_per_class,
-        device=args.device, seed=args.seed, arch=args.arch, normalization=args.normalization,
-    )  # fmt: skip
+        teacher=args.teacher,
+        data=args.data,
+        sparsity=args.sparsity,
+        scope=args.scope,
+        recipe=_recipe_from_args(args),
+        baselines=baselines,
+        curve_per_class=args.curve_per_class,
+        eval_per_class=args.eval_per_class,
+        device=args.device,
+        seed=args.seed,
+        arch=args.arch,
+        normalization=args.normalization,
+    )
     dreams = DreamSet.load(args.dreams) if args.dreams else None
-    printer = _ProgressPrinter(args.quiet)
+    bars = ProgressBars(args.quiet, file=sys.stderr)
     result = None
     try:
         for event in recover(config, dreams):
-            printer(event)
+            bars(event)
             if isinstance(event, Finished):
                 result = event.result
     finally:
-        printer._close()
+        bars.close()
     assert result is not None
     written = write_outputs(result, args.out)
-    noise = result.baselines.get("noise")
-    real = result.baselines.get("real")
-    print(
-        f"teacher {result.teacher_acc:.2f}%  pruned {result.pruned_acc:.2f}%"
-        + (f"  reconstructed {result.reconstructed_acc:.2f}%" if result.reconstructed_acc is not None else "")
-        + f"  recovered {result.recovered_acc:.2f}%"
-        + (f"  noise-KD {noise:.2f}%" if noise is not None else "")
-        + (f"  real-data oracle {real:.2f}%" if real is not None else "")
-        + f"  (sparsity {result.sparsity:.1%}, {result.timings['total']:.0f} s on {result.device})"
-    )
+    print(_summary(result))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -28,7 +28,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 __all__ = ["ImageSet", "load_eval_set", "load_train_subset", "default_data_dir", "train_split_available"]
 
 _IMAGE_SUFFIXES = tuple(ext.lower() for ext in IMG_EXTENSIONS)
-_MEMORY_CACHE: dict[str, ImageSet] = {}
 
 
 def default_data_dir() -> Path:
@@ -95,8 +94,13 @@ def _decode(samples: list[tuple[str, int]], image_size: int) -> tuple[torch.Tens
 def _resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = size / min(h, w)
-    resized = F.interpolate(image[None].float(), size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                            mode="bilinear", antialias=True, align_corners=False)[0]  # fmt: skip
+    resized = F.interpolate(
+        image[None].float(),
+        size=(max(size, round(h * scale)), max(size, round(w * scale))),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0]
     top, left = (resized.shape[1] - size) // 2, (resized.shape[2] - size) // 2
     return resized[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
 
@@ -108,8 +112,6 @@ def _load_folder(folder: Path, image_size: int, cache: bool) -> ImageSet:
         stat = os.stat(path)
         fingerprint.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     key = fingerprint.hexdigest()[:20]
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key]
     cache_file = default_data_dir() / "decoded" / f"{key}.pt"
     if cache and cache_file.is_file():
         try:
@@ -118,7 +120,6 @@ def _load_folder(folder: Path, image_size: int, cache: bool) -> ImageSet:
         except Exception:  # a damaged cache is rebuilt, never trusted
             cache_file.unlink(missing_ok=True)
         else:
-            _MEMORY_CACHE[key] = result
             return result
     images, labels = _decode(samples, image_size)
     result = ImageSet(images, labels, classes, str(folder))
@@ -127,7 +128,6 @@ def _load_folder(folder: Path, image_size: int, cache: bool) -> ImageSet:
         partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"images": images, "labels": labels, "classes": list(classes)}, partial)
         os.replace(partial, cache_file)
-    _MEMORY_CACHE[key] = result
     return result
 
 
@@ -163,7 +163,7 @@ def load_eval_set(data: str, *, image_size: int = 32, download: bool = True, cac
     """The held-out evaluation split named by ``data`` ("cifar10" or an ImageFolder directory).
 
     Only the test split is read. Decoded folders are cached on disk (keyed by file names, sizes
-    and modification times) and in memory, so repeated evaluation costs no decoding.
+    and modification times), so repeated evaluation costs no decoding.
     """
     if data.lower() == "cifar10":
         return _cifar10(train=False, download=download)

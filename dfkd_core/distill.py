@@ -7,9 +7,7 @@ layer gives far more signal per image than the ten logits alone.
 
 Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
 noise or a handful of real images for the baselines. This module never loads data itself.
-Pruning masks stay attached, so pruned weights remain exactly zero throughout - or, with
-``prune_ramp > 0``, they close gradually (smallest weights first) and are exactly the given masks
-by the end of the ramp.
+Pruning masks stay attached, so pruned weights remain exactly zero throughout.
 
 BatchNorm policy (``bn_mode``):
 
@@ -33,54 +31,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .events import Event, MetricLogged, Progress, StageFinished, StageStarted, drain
-from .prune import PruningRamp
+from ._knobs import knob, require_finite, require_positive_int
+from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .zoo import Normalization
 
-__all__ = ["MIXES", "DistillConfig", "DistillResult", "augment", "distill", "iter_distill", "mix_images"]
+__all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "iter_distill"]
 
 _BN = nn.modules.batchnorm._BatchNorm
-MIXES = ("none", "mixup", "cutmix")  # ways to blend transfer images into new ones during distillation
+BN_MODES = ("train", "frozen")  # recalibrate the student's BatchNorm statistics on the dreams, or keep the teacher's
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """KD recipe; defaults are the recommended recovery recipe."""
+    """How to distill; defaults are the recommended recovery recipe."""
 
-    epochs: int = 30  # passes over the transfer set
-    batch_size: int = 32  # images per SGD step: small, so a 1,024-image transfer set gives 32 steps an epoch
-    lr: float = 0.1  # SGD peak learning rate, cosine-annealed to zero over all steps
-    momentum: float = 0.9  # SGD (Nesterov) momentum
-    weight_decay: float = 0.0  # L2 weight decay (the pruned student starts at a good minimum)
-    temperature: float = 4.0  # softmax temperature T of the KD loss (scaled by T^2)
-    feature_weight: float = 1.0  # weight of the BatchNorm-output matching term (0 = logits only)
-    crop_padding: int = 4  # random-crop augmentation: zero-pad by this many pixels, crop back
-    flip: bool = True  # random horizontal flip augmentation
-    bn_mode: str = "train"  # "train" (recalibrate on dream batches) or "frozen" (keep the teacher's statistics)
-    mix: str = "cutmix"  # "cutmix" or "mixup": blend pairs of images into new ones the teacher labels ("none" = off)
-    prune_ramp: float = 0.0  # share of the training over which pruned weights are removed gradually (0 = at once)
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    epochs: int = knob(30, "passes over the transfer set")
+    batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
+    lr: float = knob(0.1, "SGD peak learning rate, cosine-annealed to zero over all steps")
+    momentum: float = knob(0.9, "SGD (Nesterov) momentum")
+    weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
+    temperature: float = knob(4.0, "softmax temperature T of the KL loss (scaled by T^2)")
+    feature_weight: float = knob(1.0, "weight of the BatchNorm-output matching term (0 = logits only)")
+    crop_padding: int = knob(4, "random-crop augmentation: zero-pad by this many pixels, crop back")
+    flip: bool = knob(True, "random horizontal flip augmentation")
+    bn_mode: str = knob("train", "'train' (recalibrate on dream batches) or 'frozen' (keep the teacher's statistics)")
+    cutmix: bool = knob(True, "paste a box of another image of the batch into each image; the teacher labels the blend")
+    eval_every: int = knob(1, "epochs between evaluations of the curve (the last epoch is always evaluated)")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"distillation {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "momentum", "weight_decay", "feature_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"distillation {name} must be a finite number >= 0, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"distillation temperature must be > 0, got {self.temperature!r}")
-        if not 0.0 <= self.prune_ramp <= 1.0:
-            raise ValueError(
-                f"distillation prune_ramp must be in [0, 1] (a share of the training), got {self.prune_ramp!r}"
-            )
-        if self.crop_padding < 0:
-            raise ValueError(f"distillation crop_padding must be >= 0, got {self.crop_padding!r}")
-        if self.bn_mode not in ("frozen", "train"):
-            raise ValueError(f"distillation bn_mode must be 'frozen' or 'train', got {self.bn_mode!r}")
-        if self.mix not in MIXES:
-            raise ValueError(f"distillation mix must be one of {', '.join(map(repr, MIXES))}, got {self.mix!r}")
+        require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
+        require_finite(self, "distill", "lr", "momentum", "weight_decay", "feature_weight")
+        require_finite(self, "distill", "temperature", positive=True)
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"distill bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got {self.bn_mode!r}")
 
 
 @dataclass
@@ -108,21 +93,18 @@ def augment(pixels: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
     return pixels
 
 
-def mix_images(pixels: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Blend each image with another of the batch: ``"mixup"`` (a weighted average) or ``"cutmix"``
-    (a box pasted from the other image), with one uniform mixing ratio per batch.
+def cutmix(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Paste into each image a box cut from another image of the batch (one box size per batch).
 
     Distillation needs no labels - the teacher labels whatever it is shown - so every blend is a new,
-    correctly labeled training input, and a small transfer set goes further. With ``bn_mode="train"``
-    prefer cutmix: a mixup blend has lower pixel variance than either image, which the recalibrated
-    BatchNorm statistics would absorb. An image may be paired with itself (it then stays as it was).
+    correctly labeled training input, and a small transfer set goes further. Unlike a weighted
+    average (mixup), a pasted box keeps the pixel statistics that the student's recalibrated
+    BatchNorm layers learn from. An image may be paired with itself (it then stays as it was).
     """
-    if mode == "none" or len(pixels) < 2:
+    if len(pixels) < 2:
         return pixels
     partner = pixels[torch.randperm(len(pixels), generator=generator).to(pixels.device)]
     keep = float(torch.rand((), generator=generator))  # share of the image that stays its own
-    if mode == "mixup":
-        return keep * pixels + (1 - keep) * partner
     h, w = pixels.shape[-2:]
     box_h, box_w = round(h * math.sqrt(1 - keep)), round(w * math.sqrt(1 - keep))
     top = int(torch.randint(0, h - box_h + 1, (), generator=generator))
@@ -137,6 +119,7 @@ class _FeatureTaps:
 
     def __init__(self, model: nn.Module, names: list[str]):
         modules = dict(model.named_modules())
+        self.names = names
         self.outputs: dict[str, torch.Tensor] = {}
         self.handles = [modules[n].register_forward_hook(self._recorder(n)) for n in names]
 
@@ -162,6 +145,83 @@ def _shared_bn_names(student: nn.Module, teacher: nn.Module) -> list[str]:
     return list(student_bns)
 
 
+def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s softened KL divergence, ``T^2 * KL(p_teacher^T || p_student^T)``."""
+    student = F.log_softmax(student_logits / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+@dataclass
+class _Session:
+    """What every epoch of one distillation shares."""
+
+    student: nn.Module
+    teacher: nn.Module
+    images: torch.Tensor
+    normalization: Normalization
+    config: DistillConfig
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    taps: tuple[_FeatureTaps, _FeatureTaps]  # (student, teacher) BatchNorm outputs
+    generator: torch.Generator
+    device: torch.device
+    stage: Stage
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.images) / self.config.batch_size)
+
+
+def _step_loss(session: _Session, batch: torch.Tensor) -> torch.Tensor:
+    """The distillation loss of one augmented batch: KL on the logits plus the feature term."""
+    config = session.config
+    x = session.normalization.normalize(batch).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        teacher_logits = session.teacher(x)
+    loss = _kd_loss(session.student(x), teacher_logits, config.temperature)
+    student_taps, teacher_taps = session.taps
+    names = teacher_taps.names
+    if names:
+        feature_loss = sum(F.mse_loss(student_taps.outputs[n], teacher_taps.outputs[n]) for n in names)
+        loss = loss + config.feature_weight * feature_loss / len(names)
+    return loss
+
+
+def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
+    """One pass over the transfer set in a fresh order; yields per-step progress, returns the mean loss."""
+    config, student = session.config, session.student
+    student.train()
+    if config.bn_mode == "frozen":
+        for m in student.modules():
+            if isinstance(m, _BN):
+                m.eval()
+    order = torch.randperm(len(session.images), generator=session.generator)
+    total = config.epochs * session.steps_per_epoch
+    epoch_loss, seen = 0.0, 0
+    for i in range(session.steps_per_epoch):
+        batch = session.images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(session.device)
+        batch = augment(batch, config.crop_padding, config.flip, session.generator)
+        if config.cutmix:
+            batch = cutmix(batch, session.generator)
+        loss = _step_loss(session, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"distillation loss became {value} in epoch {epoch}, step {i + 1}; lower the distill lr "
+                f"(now {config.lr}) or the temperature (now {config.temperature})"
+            )
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        session.schedule.step()
+        epoch_loss += value * len(batch)
+        seen += len(batch)
+        step = (epoch - 1) * session.steps_per_epoch + i + 1
+        yield Progress(session.stage, step, total, {"loss": value, "epoch": epoch})
+    return epoch_loss / seen
+
+
 def iter_distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -172,81 +232,52 @@ def iter_distill(
     evaluate_fn: Callable[[nn.Module], float] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    stage: str = "distill",
+    stage: Stage = Stage.DISTILL,
 ) -> Generator[Event, None, DistillResult]:
-    """Generator form of :func:`distill`: yields per-step progress and per-epoch accuracy."""
+    """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
+    student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch)."""
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
     teacher = teacher.to(device).eval()
     student = student.to(device)
-    steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)  # fmt: skip
+    total = config.epochs * math.ceil(len(images) / config.batch_size)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     names = _shared_bn_names(student, teacher) if config.feature_weight > 0 else []
-    student_taps, teacher_taps = _FeatureTaps(student, names), _FeatureTaps(teacher, names)
-    ramp = PruningRamp(student) if config.prune_ramp > 0 else None
-    ramp_steps = config.prune_ramp * total
+    taps = (_FeatureTaps(student, names), _FeatureTaps(teacher, names))
+    session = _Session(
+        student,
+        teacher,
+        images,
+        normalization,
+        config,
+        optimizer,
+        schedule,
+        taps,
+        torch.Generator().manual_seed(seed),
+        device,
+        stage,
+    )
     result = DistillResult()
-    temperature = config.temperature
     yield StageStarted(stage, total, f"{config.epochs} epochs over {len(images)} images")
     started = time.perf_counter()
     try:
         for epoch in range(1, config.epochs + 1):
-            student.train()
-            if config.bn_mode == "frozen":
-                for m in student.modules():
-                    if isinstance(m, _BN):
-                        m.eval()
-            order = torch.randperm(len(images), generator=generator)
-            epoch_loss, seen = 0.0, 0
-            for i in range(steps_per_epoch):
-                if ramp is not None:
-                    ramp.update(((epoch - 1) * steps_per_epoch + i) / ramp_steps)
-                batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device)
-                batch = mix_images(augment(batch, config.crop_padding, config.flip, generator), config.mix, generator)
-                x = normalization.normalize(batch).contiguous(memory_format=torch.channels_last)
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                student_logits = student(x)
-                loss = (
-                    F.kl_div(
-                        F.log_softmax(student_logits / temperature, dim=1),
-                        F.log_softmax(teacher_logits / temperature, dim=1),
-                        log_target=True,
-                        reduction="batchmean",
-                    )
-                    * temperature**2
-                )
-                if names:
-                    feature_loss = sum(F.mse_loss(student_taps.outputs[n], teacher_taps.outputs[n]) for n in names)
-                    loss = loss + config.feature_weight * feature_loss / len(names)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"distillation loss became {value} in epoch {epoch}, step {i + 1}; lower the distillation "
-                        f"lr (now {config.lr}) or the temperature (now {temperature})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                epoch_loss += value * len(batch)
-                seen += len(batch)
-                yield Progress(stage, (epoch - 1) * steps_per_epoch + i + 1, total, {"loss": value, "epoch": epoch})
-            result.final_loss = epoch_loss / seen
+            result.final_loss = yield from _epoch(session, epoch)
             if evaluate_fn is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 accuracy = evaluate_fn(student)
                 result.history.append((epoch, accuracy))
-                yield MetricLogged(stage, "accuracy", accuracy, epoch)
+                yield MetricLogged(stage, Metric.CURVE_ACCURACY, Network.RECOVERED, accuracy, epoch)
     finally:
-        if ramp is not None:
-            ramp.update(1.0)  # also when stopped early: the student never leaves with weights it should not have
-        student_taps.remove()
-        teacher_taps.remove()
+        for tap in taps:
+            tap.remove()
         student.eval()
     result.seconds = time.perf_counter() - started
     yield StageFinished(stage, result.seconds, {"final_loss": result.final_loss})
@@ -263,7 +294,7 @@ def distill(
     evaluate_fn: Callable[[nn.Module], float] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    callback=None,
+    callback: Callable[[Event], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]).
 
@@ -271,6 +302,7 @@ def distill(
     its values form ``DistillResult.history``. ``callback(event)`` sees every event.
     Raises ``FloatingPointError`` as soon as the loss is NaN or infinite.
     """
-    events = iter_distill(student, teacher, images, normalization, config,
-                          evaluate_fn=evaluate_fn, device=device, seed=seed)  # fmt: skip
+    events = iter_distill(
+        student, teacher, images, normalization, config, evaluate_fn=evaluate_fn, device=device, seed=seed
+    )
     return drain(events, callback)

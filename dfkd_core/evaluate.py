@@ -6,9 +6,18 @@ import torch
 from torch import nn
 
 from .data import ImageSet
-from .zoo import Normalization
+from .zoo import Normalization, Teacher
 
-__all__ = ["evaluate"]
+__all__ = ["check_classes", "evaluate"]
+
+
+def check_classes(data: ImageSet, teacher: Teacher, source: str) -> None:
+    """``ValueError`` unless the evaluation data (named ``source``) has as many classes as the teacher predicts."""
+    if len(data.classes) != teacher.num_classes:
+        raise ValueError(
+            f"evaluation data {source!r} has {len(data.classes)} classes but the teacher predicts "
+            f"{teacher.num_classes}; use data whose class folders match the teacher's outputs"
+        )
 
 
 @torch.inference_mode()

@@ -1,85 +1,121 @@
-"""The whole method in one generator: teacher -> prune -> invert -> reconstruct -> distill -> evaluate.
+"""The whole method in one generator: load -> prune -> dream -> refit -> distill -> baselines -> evaluate.
 
 :func:`recover` yields typed events (see :mod:`dfkd_core.events`) and ends with
 :class:`Finished` carrying a :class:`RecoveryResult`; :func:`run_recovery` runs it to the end.
 The CLI, the notebooks and the app are thin clients of this one function.
 
-Data-free guarantee: the recovery path (prune, synthesize, reconstruct, distill) receives no dataset at all.
+Data-free guarantee: the recovery path (prune, dream, refit, distill) receives no dataset at all.
 Real images enter in exactly two places, both for measuring only: the held-out evaluation split
 (accuracy numbers) and, when explicitly requested, the ``"real"`` baseline - an oracle that shows
-what a few real training images would have bought.
+what as many real training images would have bought.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
+from .device import resolve_device
 from .distill import DistillConfig, iter_distill
-from .evaluate import evaluate
-from .events import Event, Finished, MetricLogged, Notice, Progress, StageFinished, StageStarted, drain
-from .invert import DreamSet, InversionConfig, iter_synthesize
-from .prune import LayerSparsity, clone_model, measured_sparsity, prune_model, sparsity_report
-from .reconstruct import ReconstructionConfig, iter_reconstruct
+from .dream import DreamConfig, DreamSet, iter_dream, require_batchnorm
+from .evaluate import check_classes, evaluate
+from .events import (
+    Event,
+    Finished,
+    Metric,
+    MetricLogged,
+    Network,
+    Notice,
+    Progress,
+    Stage,
+    StageFinished,
+    StageStarted,
+    drain,
+)
+from .prune import (
+    LayerSparsity,
+    check_scope,
+    check_sparsity,
+    clone_model,
+    measured_sparsity,
+    prune_model,
+    sparsity_report,
+)
+from .refit import RefitConfig, iter_refit
 from .zoo import Teacher, load_teacher
 
 __all__ = [
+    "BASELINES",
     "PRESETS",
     "Recipe",
     "RecoveryConfig",
     "RecoveryResult",
     "get_preset",
     "recover",
-    "resolve_device",
     "run_recovery",
+    "with_overrides",
 ]
 
-BASELINES = ("noise", "real")
+BASELINES = (Network.NOISE.value, Network.REAL.value)  # same-budget baselines: distillation on noise, on real images
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How to dream, refit and distill: everything that decides recovered accuracy and time."""
 
-    inversion: InversionConfig = field(default_factory=InversionConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    reconstruction: ReconstructionConfig | None = None  # layer-wise refit before distillation (None = skip)
+    refit: RefitConfig | None = None  # layer-wise refit before distillation (None = skip)
 
 
 PRESETS: dict[str, Recipe] = {
-    # The recommended recipe (the library defaults): about 7 minutes for a ResNet-20 on two CPU cores.
+    # A CPU budget: dreams optimized for fewer steps, the pruned layers refit on them in seconds,
+    # then a short distillation.
+    "quick": Recipe(DreamConfig(num_images=1024, steps=100), DistillConfig(epochs=14), RefitConfig()),
+    # The recommended recipe: the library's defaults.
     "default": Recipe(),
-    # A CPU budget, under 4 minutes for a ResNet-20 on two cores: dreams optimized for fewer steps, the
-    # pruned layers refit on them in seconds, then a short distillation.
-    "quick": Recipe(InversionConfig(num_images=1024, steps=100), DistillConfig(epochs=14), ReconstructionConfig()),
-    # The most accurate measured recipe: twice the dreams and twice the epochs of the default (worth most at
-    # high sparsity; about 17 minutes for a ResNet-20 on two CPU cores).
-    "best": Recipe(InversionConfig(num_images=2048), DistillConfig(epochs=60)),
-    # The app's CPU budget: dreams on screen within seconds and the whole run in about 2.5 minutes.
-    "preview": Recipe(InversionConfig(num_images=512, steps=40), DistillConfig(epochs=12), ReconstructionConfig()),
-    # The reference recipe of the paper: 1,024 dreams x 200 steps, logits-only KD for 30 epochs with
-    # the teacher's BatchNorm statistics kept.
-    "paper": Recipe(
-        InversionConfig(num_images=1024, steps=200),
-        DistillConfig(epochs=30, batch_size=128, lr=0.01, feature_weight=0.0, bn_mode="frozen", mix="none"),
-    ),
+    # The most accurate measured recipe: twice the dreams and twice the epochs (worth most at high sparsity).
+    "best": Recipe(DreamConfig(num_images=2048), DistillConfig(epochs=60)),
 }
 
 
 def get_preset(name: str) -> Recipe:
+    """The recipe of preset ``name``; ``ValueError`` listing the presets otherwise."""
     try:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def with_overrides(
+    recipe: Recipe,
+    dream: dict[str, Any] | None = None,
+    distill: dict[str, Any] | None = None,
+    refit: dict[str, Any] | None = None,
+    *,
+    use_refit: bool | None = None,
+) -> Recipe:
+    """A copy of ``recipe`` with some knobs changed, e.g. ``with_overrides(r, {"steps": 50})``.
+
+    ``use_refit`` switches the refit on or off (``None`` keeps the recipe's choice); ``refit``
+    knobs need it on.
+    """
+    on = recipe.refit is not None if use_refit is None else use_refit
+    if not on and refit:
+        raise ValueError(
+            f"refit settings ({', '.join(refit)}) given, but this recipe does not refit; switch it on as well "
+            "(use_refit=True; --refit on the command line) or use a preset that refits (quick)"
+        )
+    refit_config = replace(recipe.refit or RefitConfig(), **(refit or {})) if on else None
+    return Recipe(replace(recipe.dream, **(dream or {})), replace(recipe.distill, **(distill or {})), refit_config)
 
 
 @dataclass(frozen=True)
@@ -91,7 +127,7 @@ class RecoveryConfig:
     sparsity: float = 0.75  # fraction of Conv2d/Linear weights removed by L1 magnitude
     scope: str = "global"  # "global" (one threshold over all layers, the paper's) or "layerwise"
     recipe: Recipe = field(default_factory=Recipe)
-    baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (KD on Gaussian noise), "real" (oracle)
+    baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (oracle)
     curve_per_class: int = 200  # per-epoch accuracy curve on this many test images per class (0 = full split)
     eval_per_class: int = 0  # reported accuracies on this many test images per class (0 = full split)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
@@ -100,13 +136,11 @@ class RecoveryConfig:
     normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1) (the fraction of weights to remove), got {self.sparsity!r}")
+        check_sparsity(self.sparsity)
+        check_scope(self.scope)
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
-        if self.scope not in ("global", "layerwise"):
-            raise ValueError(f"pruning scope must be 'global' or 'layerwise', got {self.scope!r}")
         if self.curve_per_class < 0 or self.eval_per_class < 0:
             raise ValueError("curve_per_class and eval_per_class must be >= 0 (0 = the full split)")
 
@@ -122,25 +156,26 @@ class RecoveryResult:
     teacher_acc: float
     pruned_acc: float
     recovered_acc: float
-    reconstructed_acc: float | None  # after layer-wise reconstruction, before distillation (None = not run)
+    refit_acc: float | None  # after the layer-wise refit, before distillation (None = not run)
     sparsity: float  # measured fraction of zero prunable weights
     layers: list[LayerSparsity]
     curve: list[tuple[int, float]]  # (epoch, accuracy on the curve subset); epoch 0 = start of distillation
-    curve_references: dict[str, float]  # teacher, pruned and baseline accuracy on the curve subset
-    baselines: dict[str, float | None]
-    timings: dict[str, float]
+    curve_references: dict[str, float]  # teacher, pruned, refit and baseline accuracy on the curve subset
+    baselines: dict[str, float | None]  # "noise", "real": accuracy on the evaluation split (None = not run)
+    timings: dict[str, float]  # seconds per stage ("noise"/"real" for the baselines) and "total"
     eval_info: dict[str, Any]
     device: str
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
-        settings = asdict(self.config)
+        import torchvision
+
         return {
             "teacher": self.config.teacher,
             "arch": self.teacher.arch,
             "teacher_acc": round(self.teacher_acc, 2),
             "pruned_acc": round(self.pruned_acc, 2),
-            "reconstructed_acc": _rounded(self.reconstructed_acc),
+            "refit_acc": _rounded(self.refit_acc),
             "recovered_acc": round(self.recovered_acc, 2),
             "sparsity": {
                 "target": self.config.sparsity,
@@ -148,9 +183,9 @@ class RecoveryResult:
                 "scope": self.config.scope,
             },
             "baselines": {
-                "noise_kd": _rounded(self.baselines.get("noise")),
-                "real_data": _rounded(self.baselines.get("real")),
-                "real_data_note": "ORACLE: KD on real training images (same count and recipe); not data-free",
+                "noise": _rounded(self.baselines.get("noise")),
+                "real": _rounded(self.baselines.get("real")),
+                "real_note": "ORACLE: the same recipe on as many real training images; not data-free",
             },
             "dreams": {
                 "count": len(self.dreams),
@@ -162,7 +197,7 @@ class RecoveryResult:
                 "accuracy": [round(a, 2) for _, a in self.curve],
                 "references": {k: round(v, 2) for k, v in self.curve_references.items()},
                 "images": self.eval_info["curve_images"],
-            },  # fmt: skip
+            },
             "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "zeros": r.zeros} for r in self.layers],
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "eval": {k: v for k, v in self.eval_info.items() if k != "curve_images"},
@@ -170,11 +205,11 @@ class RecoveryResult:
             "versions": {
                 "dfkd": __version__,
                 "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
                 "python": platform.python_version(),
-                "torchvision": _torchvision_version(),
                 "platform": platform.platform(),
-            },  # fmt: skip
-            "settings": settings,
+            },
+            "settings": asdict(self.config),
         }
 
 
@@ -182,215 +217,286 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def _torchvision_version() -> str:
-    import torchvision
+@dataclass
+class _Run:
+    """What the stages of one :func:`recover` share: settings, where it runs, the data and the measurements."""
 
-    return torchvision.__version__
+    config: RecoveryConfig
+    device: torch.device
+    teacher: Teacher | None = None
+    test_set: ImageSet | None = None
+    eval_set: ImageSet | None = None  # the reported accuracies
+    curve_set: ImageSet | None = None  # the live curve and its references
+    timings: dict[str, float] = field(default_factory=dict)
+    references: dict[str, float] = field(default_factory=dict)  # accuracy on the curve subset, by Network
 
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-    elif resolved.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return resolved
-
-
-_TEACHER_ACCURACY: dict[tuple[Any, ...], float] = {}  # a teacher's full-split accuracy, measured once per process
-
-
-def _fingerprint(teacher: str) -> tuple[str, int]:
-    """A teacher's identity for the accuracy cache: the id or path, and the file's modification time."""
-    path = Path(teacher).expanduser()
-    return teacher, path.stat().st_mtime_ns if path.is_file() else 0
-
-
-def _check_batchnorm(model: nn.Module) -> None:
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError(
-            f"the teacher ({type(model).__name__}) has no BatchNorm layer; DeepInversion needs the running "
-            "statistics of BatchNorm layers to dream from, so this model cannot be recovered data-free"
+    def measure(self, model: nn.Module, images: ImageSet | None = None) -> float:
+        assert self.teacher is not None and self.eval_set is not None
+        return evaluate(
+            model, self.eval_set if images is None else images, self.teacher.normalization, device=self.device
         )
 
+    def measure_curve(self, model: nn.Module) -> float:
+        return self.measure(model, self.curve_set)
 
-def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator[Event, None, RecoveryResult]:
-    """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
+    def eval_info(self) -> dict[str, Any]:
+        """Which images the reported accuracies and the curve were measured on."""
+        assert self.test_set is not None and self.eval_set is not None and self.curve_set is not None
+        return {
+            "dataset": self.test_set.name,
+            "num_images": len(self.eval_set),
+            "full_split": len(self.eval_set) == len(self.test_set),
+            "curve_images": len(self.curve_set),
+        }
 
-    Stages, in order: ``load``, ``prune`` (the accuracy cliff, on the curve subset), ``synthesize``,
-    ``reconstruct`` (unless the recipe turns it off), ``distill`` (accuracy per epoch on the curve
-    subset), ``baseline_noise``/``baseline_real`` and ``evaluate`` (the reported numbers, on the full
-    split unless ``eval_per_class`` is set).
-    Cheap checks come first and the full-split evaluation last, so dreams appear within seconds.
 
-    ``dreams`` reuses a dream set synthesized earlier from the same teacher (dreams do not
-    depend on the sparsity unless Adaptive DeepInversion is on); the synthesis is then skipped
-    and its original wall time reported.
-    """
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    recipe = config.recipe
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-
-    yield StageStarted("load", 0, f"teacher {config.teacher}, evaluation data {config.data}")
+def _load(run: _Run, dreams: DreamSet | None) -> Generator[Event, None, None]:
+    """The teacher and the evaluation data, with every cross-check that needs no computation."""
+    config = run.config
+    yield StageStarted(Stage.LOAD, 0, f"teacher {config.teacher}, evaluation data {config.data}")
     t0 = time.perf_counter()
     teacher = load_teacher(config.teacher, arch=config.arch, normalization=config.normalization)
-    _check_batchnorm(teacher.model)
+    require_batchnorm(teacher.model)
     test_set = load_eval_set(config.data)
-    if len(test_set.classes) != teacher.num_classes:
-        raise ValueError(
-            f"evaluation data {config.data!r} has {len(test_set.classes)} classes but the teacher predicts "
-            f"{teacher.num_classes}; use data whose class folders match the teacher's outputs"
-        )
+    check_classes(test_set, teacher, config.data)
     if dreams is not None and dreams.classes != teacher.classes:
         raise ValueError(
             f"the given dreams were made for classes {dreams.classes}, not the teacher's {teacher.classes}"
         )
     if "real" in config.baselines and not train_split_available(config.data):
-        yield Notice("load", f"{config.data} has no train/ split: the real-data baseline is skipped (reported as null)")
-    eval_set = test_set.stratified_subset(config.eval_per_class, config.seed) if config.eval_per_class else test_set
-    curve_set = test_set.stratified_subset(config.curve_per_class, config.seed) if config.curve_per_class else eval_set
-    teacher.model.to(device)
-    timings["load"] = time.perf_counter() - t0
-    yield StageFinished("load", timings["load"], {"eval_images": len(eval_set), "curve_images": len(curve_set)})
+        yield Notice(
+            Stage.LOAD, f"{config.data} has no train/ split: the real-data baseline is skipped (reported as null)"
+        )
+    run.teacher, run.test_set = teacher, test_set
+    run.eval_set = test_set.stratified_subset(config.eval_per_class, config.seed) if config.eval_per_class else test_set
+    run.curve_set = (
+        test_set.stratified_subset(config.curve_per_class, config.seed) if config.curve_per_class else run.eval_set
+    )
+    teacher.model.to(run.device)
+    run.timings[Stage.LOAD] = time.perf_counter() - t0
+    summary = {"eval_images": len(run.eval_set), "curve_images": len(run.curve_set)}
+    yield StageFinished(Stage.LOAD, run.timings[Stage.LOAD], summary)
 
-    def measure(model: nn.Module, images: ImageSet = eval_set) -> float:
-        return evaluate(model, images, teacher.normalization, device=device)
 
-    yield StageStarted("prune", 0, f"{config.scope} L1 pruning to {config.sparsity:.0%}")
+def _prune(run: _Run) -> Generator[Event, None, tuple[nn.Module, list[LayerSparsity], float]]:
+    """The pruned network, its per-layer sparsity and overall sparsity; the accuracy cliff on the curve subset."""
+    config, teacher = run.config, run.teacher
+    assert teacher is not None
+    yield StageStarted(Stage.PRUNE, 0, f"{config.scope} L1 pruning to {config.sparsity:.0%}")
     t0 = time.perf_counter()
     pruned = prune_model(teacher.model, config.sparsity, config.scope)
-    layers = sparsity_report(pruned)
-    sparsity = measured_sparsity(pruned)
-    references = {"teacher": measure(teacher.model, curve_set), "pruned": measure(pruned, curve_set)}
-    yield MetricLogged("prune", "teacher_curve_accuracy", references["teacher"])
-    yield MetricLogged("prune", "pruned_curve_accuracy", references["pruned"])
-    timings["prune"] = time.perf_counter() - t0
-    yield StageFinished("prune", timings["prune"], {"sparsity": sparsity, "layers": layers})
+    layers, sparsity = sparsity_report(pruned), measured_sparsity(pruned)
+    for network, model in ((Network.TEACHER, teacher.model), (Network.PRUNED, pruned)):
+        run.references[network] = run.measure_curve(model)
+        yield MetricLogged(Stage.PRUNE, Metric.CURVE_ACCURACY, network, run.references[network])
+    run.timings[Stage.PRUNE] = time.perf_counter() - t0
+    yield StageFinished(Stage.PRUNE, run.timings[Stage.PRUNE], {"sparsity": sparsity, "layers": layers})
+    return pruned, layers, sparsity
 
-    student = clone_model(pruned)
+
+def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
+    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported)."""
+    assert run.teacher is not None
     if dreams is None:
-        dreams = yield from iter_synthesize(teacher, recipe.inversion, student=student, device=device, seed=config.seed)
+        recipe = run.config.recipe.dream
+        dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=run.config.seed)
     else:
-        yield StageStarted("synthesize", 0, f"reusing {len(dreams)} dreams synthesized earlier")
-        yield StageFinished("synthesize", 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
-    timings["synthesis"] = dreams.seconds
-    yield MetricLogged("synthesize", "teacher_top1_on_dreams", dreams.teacher_top1)
+        yield StageStarted(Stage.DREAM, 0, f"reusing {len(dreams)} dreams made earlier")
+        yield StageFinished(Stage.DREAM, 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
+    run.timings[Stage.DREAM] = dreams.seconds
+    yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
+    return dreams
 
-    start_accuracy = references["pruned"]
-    reconstructed: nn.Module | None = None
-    if recipe.reconstruction is not None:
-        refit = yield from iter_reconstruct(student, teacher.model, dreams.images, teacher.normalization,
-                                            recipe.reconstruction, evaluate_fn=lambda m: measure(m, curve_set),
-                                            device=device)  # fmt: skip
-        timings["reconstruction"] = refit.seconds
-        reconstructed = clone_model(student)
-        start_accuracy = references["reconstructed"] = refit.accuracy
 
+def _refit(run: _Run, student: nn.Module, dreams: DreamSet) -> Generator[Event, None, nn.Module | None]:
+    """The layer-wise refit of ``student`` on the dreams, when the recipe has one; returns a copy of the refit student."""
+    config, teacher = run.config.recipe.refit, run.teacher
+    assert teacher is not None
+    if config is None:
+        return None
+    result = yield from iter_refit(
+        student,
+        teacher.model,
+        dreams.images,
+        teacher.normalization,
+        config,
+        evaluate_fn=run.measure_curve,
+        device=run.device,
+    )
+    run.timings[Stage.REFIT] = result.seconds
+    assert result.accuracy is not None
+    run.references[Network.REFIT] = result.accuracy
+    return clone_model(student)
+
+
+def _distill(
+    run: _Run, student: nn.Module, dreams: DreamSet, start: float
+) -> Generator[Event, None, list[tuple[int, float]]]:
+    """Distillation on the dreams; returns the accuracy curve, epoch 0 being ``start``."""
+    teacher = run.teacher
+    assert teacher is not None
     t0 = time.perf_counter()
-    yield MetricLogged("distill", "accuracy", start_accuracy, 0)
-    distilled = yield from iter_distill(
-        student, teacher.model, dreams.images, teacher.normalization, recipe.distill,
-        evaluate_fn=lambda m: measure(m, curve_set), device=device, seed=config.seed,
-    )  # fmt: skip
-    timings["distillation"] = time.perf_counter() - t0
+    yield MetricLogged(Stage.DISTILL, Metric.CURVE_ACCURACY, Network.RECOVERED, start, 0)
+    result = yield from iter_distill(
+        student,
+        teacher.model,
+        dreams.images,
+        teacher.normalization,
+        run.config.recipe.distill,
+        evaluate_fn=run.measure_curve,
+        device=run.device,
+        seed=run.config.seed,
+    )
+    run.timings[Stage.DISTILL] = time.perf_counter() - t0
+    return [(0, start), *result.history]
 
-    baselines: dict[str, float | None] = {"noise": None, "real": None}
+
+def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Event, None, Any]:
+    """``events`` with ``prefix`` put before each stage description; returns what ``events`` returns."""
+    try:
+        while True:
+            event = next(events)
+            yield (
+                replace(event, description=f"{prefix}: {event.description}")
+                if isinstance(event, StageStarted)
+                else event
+            )
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        events.close()
+
+
+def _baseline_images(run: _Run, name: str, like: DreamSet) -> torch.Tensor:
+    """As many transfer images as dreams: Gaussian noise, or real training images for the oracle."""
+    assert run.teacher is not None
+    if name == Network.NOISE:
+        generator = torch.Generator().manual_seed(run.config.seed + 1)
+        noise = torch.randn(len(like), 3, *like.images.shape[-2:], generator=generator)
+        return run.teacher.normalization.denormalize(noise).clamp(0, 1)
+    per_class = max(1, len(like) // run.teacher.num_classes)
+    return load_train_subset(run.config.data, per_class, seed=run.config.seed).images.float() / 255
+
+
+def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Generator[Event, None, float]:
+    """The recipe's refit and distillation on noise or real images instead of dreams; returns its accuracy."""
+    teacher, recipe = run.teacher, run.config.recipe
+    assert teacher is not None
+    network = Network(name)
+    t0 = time.perf_counter()
+    images = _baseline_images(run, name, dreams)
+    student = clone_model(pruned)
+    what = "noise baseline" if network is Network.NOISE else "real-data oracle (not data-free)"
+    if recipe.refit is not None:
+        yield from _described(
+            iter_refit(
+                student,
+                teacher.model,
+                images,
+                teacher.normalization,
+                recipe.refit,
+                device=run.device,
+                stage=Stage.BASELINE,
+            ),
+            what,
+        )
+    yield from _described(
+        iter_distill(
+            student,
+            teacher.model,
+            images,
+            teacher.normalization,
+            recipe.distill,
+            device=run.device,
+            seed=run.config.seed,
+            stage=Stage.BASELINE,
+        ),
+        what,
+    )
+    accuracy = run.measure(student)
+    run.references[network] = run.measure_curve(student) if run.curve_set is not run.eval_set else accuracy
+    yield MetricLogged(Stage.BASELINE, Metric.CURVE_ACCURACY, network, run.references[network])
+    yield MetricLogged(Stage.BASELINE, Metric.ACCURACY, network, accuracy)
+    run.timings[name] = time.perf_counter() - t0
+    return accuracy
+
+
+def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[Event, None, dict[Network, float]]:
+    """The reported accuracies of every model given (``None`` entries are skipped), on the evaluation split."""
+    measured = {network: model for network, model in models.items() if model is not None}
+    assert run.eval_set is not None
+    yield StageStarted(Stage.EVALUATE, len(measured), f"top-1 on {len(run.eval_set):,} held-out images")
+    t0 = time.perf_counter()
+    final: dict[Network, float] = {}
+    for step, (network, model) in enumerate(measured.items(), 1):
+        final[network] = run.measure(model)
+        yield MetricLogged(Stage.EVALUATE, Metric.ACCURACY, network, final[network])
+        yield Progress(Stage.EVALUATE, step, len(measured))
+    run.timings[Stage.EVALUATE] = time.perf_counter() - t0
+    yield StageFinished(Stage.EVALUATE, run.timings[Stage.EVALUATE], {str(k): v for k, v in final.items()})
+    return final
+
+
+def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator[Event, None, RecoveryResult]:
+    """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
+
+    Stages, in order (:class:`Stage`): load, prune (the accuracy cliff, on the curve subset), dream,
+    refit (when the recipe has it), distill (accuracy per epoch on the curve subset), baseline (once
+    per requested baseline) and evaluate (the reported numbers, on the full split unless
+    ``eval_per_class`` is set). Cheap checks come first and the full-split evaluation last, so
+    dreams appear within seconds.
+
+    ``dreams`` reuses a dream set made earlier from the same teacher (dreams do not depend on the
+    sparsity unless Adaptive DeepInversion is on); dreaming is then skipped and its original wall
+    time reported.
+    """
+    started = time.perf_counter()
+    run = _Run(config, resolve_device(config.device))
+    torch.manual_seed(config.seed)
+    yield from _load(run, dreams)
+    pruned, layers, sparsity = yield from _prune(run)
+    student = clone_model(pruned)
+    dreams = yield from _dream(run, student, dreams)
+    refit = yield from _refit(run, student, dreams)
+    start = run.references[Network.REFIT if refit is not None else Network.PRUNED]
+    curve = yield from _distill(run, student, dreams, start)
+    baselines: dict[str, float | None] = dict.fromkeys(BASELINES)
     for name in config.baselines:
-        if name == "real" and not train_split_available(config.data):
-            continue
-        t0 = time.perf_counter()
-        if name == "noise":
-            generator = torch.Generator().manual_seed(config.seed + 1)
-            noise = torch.randn(len(dreams), 3, *dreams.images.shape[-2:], generator=generator)
-            images = teacher.normalization.denormalize(noise).clamp(0, 1)
-        else:  # the oracle: real training images, same count as the dreams
-            per_class = max(1, len(dreams) // teacher.num_classes)
-            images = load_train_subset(config.data, per_class, seed=config.seed).images.float() / 255
-        baseline_student = clone_model(pruned)
-        if recipe.reconstruction is not None:
-            yield from iter_reconstruct(baseline_student, teacher.model, images, teacher.normalization,
-                                        recipe.reconstruction, device=device, stage=f"baseline_{name}_reconstruct")  # fmt: skip
-        yield from iter_distill(baseline_student, teacher.model, images, teacher.normalization, recipe.distill,
-                                device=device, seed=config.seed, stage=f"baseline_{name}")  # fmt: skip
-        baselines[name] = measure(baseline_student)
-        references[name] = measure(baseline_student, curve_set) if curve_set is not eval_set else baselines[name]
-        yield MetricLogged(f"baseline_{name}", f"{name}_curve_accuracy", references[name])
-        yield MetricLogged(f"baseline_{name}", f"{name}_accuracy", baselines[name])
-        timings[f"baseline_{name}"] = time.perf_counter() - t0
-        del baseline_student
-
-    measured = [
-        ("teacher", teacher.model),
-        ("pruned", pruned),
-        ("reconstructed", reconstructed),
-        ("recovered", student),
-    ]
-    measured = [(name, model) for name, model in measured if model is not None]
-    yield StageStarted("evaluate", len(measured), f"top-1 on {len(eval_set):,} held-out images")
-    t0 = time.perf_counter()
-    final = {}
-    teacher_key = (_fingerprint(config.teacher), teacher.arch, teacher.normalization, test_set.name, len(test_set),
-                   len(eval_set), config.seed, str(device))  # fmt: skip
-    for step, (name, model) in enumerate(measured, 1):
-        if name == "teacher":
-            final[name] = _TEACHER_ACCURACY.get(teacher_key) or measure(model)
-            _TEACHER_ACCURACY[teacher_key] = final[name]
-        else:
-            final[name] = measure(model)
-        yield MetricLogged("evaluate", f"{name}_accuracy", final[name])
-        yield Progress("evaluate", step, len(measured))
-    timings["evaluation"] = time.perf_counter() - t0
-    yield StageFinished("evaluate", timings["evaluation"], final)
-
-    timings["total"] = time.perf_counter() - started
+        if name != Network.REAL or train_split_available(config.data):
+            baselines[name] = yield from _baseline(run, name, pruned, dreams)
+    assert run.teacher is not None
+    models = {
+        Network.TEACHER: run.teacher.model,
+        Network.PRUNED: pruned,
+        Network.REFIT: refit,
+        Network.RECOVERED: student,
+    }
+    final = yield from _evaluate(run, models)
+    run.timings["total"] = time.perf_counter() - started
     result = RecoveryResult(
-        config=config, teacher=teacher, student=student, dreams=dreams,
-        teacher_acc=final["teacher"], pruned_acc=final["pruned"], recovered_acc=final["recovered"],
-        reconstructed_acc=final.get("reconstructed"),
-        sparsity=sparsity, layers=layers, curve=[(0, start_accuracy)] + distilled.history,
-        curve_references=references, baselines=baselines, timings=timings,
-        eval_info={"dataset": test_set.name, "num_images": len(eval_set), "full_split": len(eval_set) == len(test_set),
-                   "curve_images": len(curve_set)},
-        device=str(device),
-    )  # fmt: skip
+        config=config,
+        teacher=run.teacher,
+        student=student,
+        dreams=dreams,
+        teacher_acc=final[Network.TEACHER],
+        pruned_acc=final[Network.PRUNED],
+        recovered_acc=final[Network.RECOVERED],
+        refit_acc=final.get(Network.REFIT),
+        sparsity=sparsity,
+        layers=layers,
+        curve=curve,
+        curve_references={str(k): v for k, v in run.references.items()},
+        baselines=baselines,
+        timings={str(k): v for k, v in run.timings.items()},
+        eval_info=run.eval_info(),
+        device=str(run.device),
+    )
     yield Finished(result)
     return result
 
 
-def run_recovery(config: RecoveryConfig, callback=None, dreams: DreamSet | None = None) -> RecoveryResult:
+def run_recovery(
+    config: RecoveryConfig, callback: Callable[[Event], None] | None = None, dreams: DreamSet | None = None
+) -> RecoveryResult:
     """Run :func:`recover` to the end; ``callback(event)`` sees every event on the way."""
     return drain(recover(config, dreams), callback)
-
-
-def with_overrides(
-    recipe: Recipe,
-    inversion: dict[str, Any] | None = None,
-    distill: dict[str, Any] | None = None,
-    reconstruction: dict[str, Any] | None = None,
-    *,
-    reconstruct: bool | None = None,
-) -> Recipe:
-    """A copy of ``recipe`` with some knobs changed, e.g. ``with_overrides(r, {"steps": 50})``.
-
-    ``reconstruct`` switches layer-wise reconstruction on or off (``None`` keeps the recipe's choice);
-    ``reconstruction`` knobs need it on.
-    """
-    on = recipe.reconstruction is not None if reconstruct is None else reconstruct
-    if not on and reconstruction:
-        raise ValueError(
-            f"reconstruction settings ({', '.join(reconstruction)}) given, but this recipe does not reconstruct; "
-            "switch it on as well (reconstruct=True; --reconstruction on the command line) or use a preset that refits"
-        )
-    refit = replace(recipe.reconstruction or ReconstructionConfig(), **(reconstruction or {})) if on else None
-    return Recipe(replace(recipe.inversion, **(inversion or {})), replace(recipe.distill, **(distill or {})), refit)

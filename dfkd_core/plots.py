@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from .prune import LayerSparsity
 
 if TYPE_CHECKING:
-    from .invert import DreamSet
+    from .dream import DreamSet
     from .pipeline import RecoveryResult
 
 __all__ = ["curves_figure", "dreams_figure", "result_figure", "sparsity_figure"]
@@ -35,7 +35,7 @@ def curves_figure(
     last = epochs or (curve[-1][0] if curve else 1)
     ax.axhline(teacher, color="tab:green", linestyle="--", label=f"teacher {teacher:.1f}%")
     ax.axhline(pruned, color="tab:red", linestyle=":", label=f"pruned, no recovery {pruned:.1f}%")
-    styles = {"noise": ("tab:gray", "KD on noise"), "real": ("tab:purple", "real-data oracle")}
+    styles = {"noise": ("tab:gray", "same recipe on noise"), "real": ("tab:purple", "real-data oracle")}
     for name, value in (baselines or {}).items():
         if value is not None:
             color, label = styles[name]

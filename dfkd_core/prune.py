@@ -9,10 +9,6 @@
 
 Masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
-
-:class:`PruningRamp` removes a student's pruned weights gradually during recovery instead of all
-at once (gradual magnitude pruning, Zhu & Gupta 2017): the student ends with exactly the masks
-it was given, but the network adapts while they close.
 """
 
 from __future__ import annotations
@@ -26,8 +22,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 __all__ = [
+    "SCOPES",
     "LayerSparsity",
-    "PruningRamp",
+    "check_scope",
+    "check_sparsity",
     "clone_model",
     "count_nonzero_parameters",
     "make_permanent",
@@ -38,6 +36,7 @@ __all__ = [
 ]
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+SCOPES = ("global", "layerwise")  # one magnitude threshold over all layers (the paper's), or one per layer
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -45,10 +44,18 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
-def _check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float; ``ValueError`` unless it is a number in [0, 1) (the fraction of weights removed)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be a number in [0, 1), the fraction of weights to remove; got {sparsity!r}")
     return float(sparsity)
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` itself; ``ValueError`` unless it is one of :data:`SCOPES`."""
+    if scope not in SCOPES:
+        raise ValueError(f"pruning scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}")
+    return scope
 
 
 def prune_model(
@@ -62,9 +69,8 @@ def prune_model(
     Returns the pruned model (a deep copy unless ``inplace``) with masks attached. Pruning an
     already-pruned model composes, as :mod:`torch.nn.utils.prune` does.
     """
-    sparsity = _check_sparsity(sparsity)
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"pruning scope must be 'global' or 'layerwise', got {scope!r}")
+    sparsity = check_sparsity(sparsity)
+    check_scope(scope)
     model = model if inplace else copy.deepcopy(model)
     layers = prunable_layers(model)
     if not layers:
@@ -141,43 +147,3 @@ def count_nonzero_parameters(model: nn.Module) -> int:
         if hasattr(m, "weight_orig"):
             total += int((m.weight != 0).sum())
     return total
-
-
-class PruningRamp:
-    """Lifts a pruned model's masks, then closes them again step by step, smallest weights first.
-
-    ``update(progress)`` (progress in [0, 1]) keeps the share ``1 - (1 - progress)^3`` of the
-    originally pruned weights removed - the cubic schedule of Zhu & Gupta (2017): fast early,
-    while the removed weights are small, slow late. Among the weights still to go, those with the
-    smallest magnitude at that moment go first, so weights that grew during training go last.
-    At ``progress = 1`` every mask is the one the model arrived with; nothing outside it is removed.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.layers = [m for _, m in prunable_layers(model) if hasattr(m, "weight_mask")]
-        self.targets = [m.weight_mask == 0 for m in self.layers]  # weights that must end up removed
-        self.total = sum(int(t.sum()) for t in self.targets)
-        self.removed = 0
-        with torch.no_grad():
-            for m in self.layers:
-                m.weight_mask.fill_(1)
-        self._refresh()
-
-    @torch.no_grad()
-    def update(self, progress: float) -> None:
-        progress = min(max(progress, 0.0), 1.0)
-        goal = self.total if progress >= 1 else round(self.total * (1 - (1 - progress) ** 3))
-        if goal <= self.removed:
-            return
-        alive = [t & (m.weight_mask != 0) for m, t in zip(self.layers, self.targets)]
-        magnitudes = torch.cat([m.weight_orig.detach().abs()[a] for m, a in zip(self.layers, alive)])
-        threshold = torch.kthvalue(magnitudes.float().cpu(), goal - self.removed).values
-        for m, a in zip(self.layers, alive):
-            m.weight_mask[a & (m.weight_orig.detach().abs() <= threshold.to(m.weight_orig.device))] = 0
-        self.removed = sum(int(((m.weight_mask == 0) & t).sum()) for m, t in zip(self.layers, self.targets))
-        self._refresh()
-
-    def _refresh(self) -> None:
-        """Recompute each ``weight`` from its mask now (the mask hook would only do so at the next forward)."""
-        for m in self.layers:
-            m.weight = (m.weight_orig * m.weight_mask).detach()

@@ -16,6 +16,7 @@ from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -23,10 +24,13 @@ from torch import nn
 from .architectures import create_model, list_architectures
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "CIFAR10_CLASSES",
+    "FAMILIES",
     "Normalization",
     "PretrainedTeacher",
     "Teacher",
+    "cached_weights_path",
     "get_pretrained",
     "list_teachers",
     "load_checkpoint",
@@ -34,6 +38,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
+FAMILIES = ("ResNet", "VGG", "MobileNet")  # architecture families of the registry, in the order menus list them
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".bin")  # file endings taken for checkpoints
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -108,11 +114,10 @@ class PretrainedTeacher:
 
     @property
     def family(self) -> str:
-        return next(f for f in ("ResNet", "VGG", "MobileNet") if f.lower() in self.arch.lower())
+        return next(f for f in FAMILIES if f.lower() in self.arch.lower())
 
 
 _REGISTRY: dict[str, PretrainedTeacher] = {}
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".bin")
 
 
 def _register(record: PretrainedTeacher) -> None:
@@ -140,12 +145,18 @@ for _name, _hash, _params, _acc in (
 ):
     _release = _name.split("_")[0].rstrip("0123456789")  # resnet, vgg or mobilenetv
     _release = "mobilenetv2" if _release == "mobilenetv" else _release
-    _register(PretrainedTeacher(
-        id=f"chenyaofo/cifar10_{_name}", arch=_name,
-        url=f"{_CHENYAOFO}/{_release}/cifar10_{_name}-{_hash}.pt",
-        normalization=CIFAR10, reported_acc=_acc, num_params=_params,
-        license="BSD-3-Clause", homepage="https://github.com/chenyaofo/pytorch-cifar-models",
-    ))  # fmt: skip
+    _register(
+        PretrainedTeacher(
+            id=f"chenyaofo/cifar10_{_name}",
+            arch=_name,
+            url=f"{_CHENYAOFO}/{_release}/cifar10_{_name}-{_hash}.pt",
+            normalization=CIFAR10,
+            reported_acc=_acc,
+            num_params=_params,
+            license="BSD-3-Clause",
+            homepage="https://github.com/chenyaofo/pytorch-cifar-models",
+        )
+    )
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
 for _depth, _hash, _params, _acc in (
@@ -154,12 +165,23 @@ for _depth, _hash, _params, _acc in (
     (44, "014dd654", 658586, 93.10),
     (56, "4bfd9763", 853018, 93.39),
 ):
-    _register(PretrainedTeacher(
-        id=f"akamaster/resnet{_depth}", arch=f"akamaster_resnet{_depth}",
-        url=f"{_AKAMASTER}/resnet{_depth}-{_hash}.th",
-        normalization=IMAGENET, reported_acc=_acc, num_params=_params,
-        license="BSD-2-Clause", homepage="https://github.com/akamaster/pytorch_resnet_cifar10",
-    ))  # fmt: skip
+    _register(
+        PretrainedTeacher(
+            id=f"akamaster/resnet{_depth}",
+            arch=f"akamaster_resnet{_depth}",
+            url=f"{_AKAMASTER}/resnet{_depth}-{_hash}.th",
+            normalization=IMAGENET,
+            reported_acc=_acc,
+            num_params=_params,
+            license="BSD-2-Clause",
+            homepage="https://github.com/akamaster/pytorch_resnet_cifar10",
+        )
+    )
+
+
+def cached_weights_path(record: PretrainedTeacher) -> Path:
+    """Where :func:`torch.hub.load_state_dict_from_url` keeps (and looks for) a registry checkpoint."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(record.url).path).name
 
 
 def list_teachers(pattern: str = "*") -> list[str]:
@@ -299,7 +321,7 @@ def load_teacher(
         teacher = load_teacher("akamaster/resnet20")
         logits = teacher.model(teacher.normalization.normalize(pixels))
     """
-    if teacher not in _REGISTRY and (Path(teacher).expanduser().is_file() or teacher.endswith(_CHECKPOINT_SUFFIXES)):
+    if teacher not in _REGISTRY and (Path(teacher).expanduser().is_file() or teacher.endswith(CHECKPOINT_SUFFIXES)):
         return load_checkpoint(teacher, arch, normalization)
     record = get_pretrained(teacher)
     if arch and arch != record.arch:
@@ -309,7 +331,7 @@ def load_teacher(
             record.url, map_location="cpu", progress=progress, check_hash=True, weights_only=True
         )
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch is a RuntimeError
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(record.url).name
+        cache = cached_weights_path(record)
         raise ValueError(
             f"cannot fetch weights for {teacher!r} from {record.url} ({err}). Offline, place the file at {cache} "
             "or use a local checkpoint file instead (with its architecture and input normalization)."
@@ -328,8 +350,13 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, teacher: Tea
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if any(re.search(r"_(orig|mask)$", k) for k in state):
         raise ValueError("model still carries pruning masks; call make_permanent(model) before saving")
-    record = {"state_dict": state, "arch": teacher.arch, "normalization": teacher.normalization.as_dict(),
-              "classes": list(teacher.classes), **extra}  # fmt: skip
+    record = {
+        "state_dict": state,
+        "arch": teacher.arch,
+        "normalization": teacher.normalization.as_dict(),
+        "classes": list(teacher.classes),
+        **extra,
+    }
     partial = path.with_name(f".{path.name}.partial")
     torch.save(record, partial)
     os.replace(partial, path)

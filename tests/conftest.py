@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import dfkd_core.data as data_module
 from dfkd_core import create_model, save_checkpoint
 from dfkd_core.zoo import CIFAR10, CIFAR10_CLASSES, Teacher
 
@@ -35,9 +34,8 @@ def shared_asset(relative: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own dataset cache and an empty in-memory cache."""
+    """Every test gets its own dataset cache."""
     monkeypatch.setenv("DFKD_DATA_DIR", str(tmp_path_factory.mktemp("dfkd-cache")))
-    monkeypatch.setattr(data_module, "_MEMORY_CACHE", {})
 
 
 def write_image_folder(root: Path, per_class: int, classes=CIFAR10_CLASSES, size: int = 32, seed: int = 0) -> Path:

@@ -7,8 +7,16 @@ ALL = list_architectures()
 
 
 def test_registry_has_every_family():
-    assert {"resnet20", "resnet56", "vgg11_bn", "vgg19_bn", "mobilenetv2_x0_5", "mobilenetv2_x1_4",
-            "akamaster_resnet20", "akamaster_resnet56"} <= set(ALL)  # fmt: skip
+    assert {
+        "resnet20",
+        "resnet56",
+        "vgg11_bn",
+        "vgg19_bn",
+        "mobilenetv2_x0_5",
+        "mobilenetv2_x1_4",
+        "akamaster_resnet20",
+        "akamaster_resnet56",
+    } <= set(ALL)
     assert len(ALL) == 16
 
 

@@ -12,13 +12,13 @@ import pytest
 
 from dfkd_core import (
     DistillConfig,
-    InversionConfig,
+    DreamConfig,
     Recipe,
     RecoveryConfig,
     create_model,
     evaluate,
     load_checkpoint,
-    load_eval_set,  # fmt: skip
+    load_eval_set,
     load_teacher,
     run_recovery,
 )
@@ -30,8 +30,20 @@ from .test_pipeline import _forbid_training_reads
 
 pytestmark = pytest.mark.assets
 
-CHENYAOFO = ["resnet20", "resnet32", "resnet44", "resnet56", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-             "mobilenetv2_x0_5", "mobilenetv2_x0_75", "mobilenetv2_x1_0", "mobilenetv2_x1_4"]  # fmt: skip
+CHENYAOFO = [
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+    "mobilenetv2_x0_5",
+    "mobilenetv2_x0_75",
+    "mobilenetv2_x1_0",
+    "mobilenetv2_x1_4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +95,15 @@ def test_cli_evaluate_json(jpeg_root, capsys):
 def test_a_short_real_recovery_gains_accuracy_without_training_data(jpeg_root, monkeypatch):
     _forbid_training_reads(monkeypatch, Path(jpeg_root) / "train")
     config = RecoveryConfig(
-        teacher=str(shared_asset("weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt")), data=jpeg_root,
-        sparsity=0.75, recipe=Recipe(InversionConfig(num_images=128, batch_size=128, steps=40), DistillConfig(epochs=8)),
-        baselines=("noise",), eval_per_class=100, curve_per_class=20, device="cpu",
-    )  # fmt: skip
+        teacher=str(shared_asset("weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt")),
+        data=jpeg_root,
+        sparsity=0.75,
+        recipe=Recipe(DreamConfig(num_images=128, batch_size=128, steps=40), DistillConfig(epochs=8)),
+        baselines=("noise",),
+        eval_per_class=100,
+        curve_per_class=20,
+        device="cpu",
+    )
     result = run_recovery(config)
     assert result.teacher_acc > 85 and result.pruned_acc < result.teacher_acc - 10
     assert result.recovered_acc > result.pruned_acc + 10

@@ -7,8 +7,25 @@ import torch
 
 from dfkd_core.cli import main
 
-TINY_FLAGS = ["--sparsity", "0.5", "--inv-num-images", "20", "--inv-batch-size", "20", "--inv-steps", "2",
-              "--kd-epochs", "1", "--kd-batch-size", "10", "--curve-per-class", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+TINY_FLAGS = [
+    "--sparsity",
+    "0.5",
+    "--dream-num-images",
+    "20",
+    "--dream-batch-size",
+    "20",
+    "--dream-steps",
+    "2",
+    "--distill-epochs",
+    "1",
+    "--distill-batch-size",
+    "10",
+    "--curve-per-class",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def test_console_script_is_installed():
@@ -39,8 +56,24 @@ def test_evaluate_json(teacher_checkpoint, image_root, capsys):
 
 def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out),
-                 "--baselines", "noise,real", "--reconstruction", *TINY_FLAGS]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "recover",
+                "--teacher",
+                str(teacher_checkpoint),
+                "--data",
+                str(image_root),
+                "--out",
+                str(out),
+                "--baselines",
+                "noise,real",
+                "--refit",
+                *TINY_FLAGS,
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in out.iterdir()} == {
         "report.json",
         "dreams.png",
@@ -50,11 +83,11 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
         "student.pt",
     }
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["recipe"]["inversion"]["steps"] == 2
+    assert report["settings"]["recipe"]["dream"]["steps"] == 2
     assert report["settings"]["recipe"]["distill"]["epochs"] == 1
-    assert report["baselines"]["real_data"] is not None
-    assert report["settings"]["recipe"]["reconstruction"]["num_images"] == 1024
-    assert report["reconstructed_acc"] is not None
+    assert report["baselines"]["real"] is not None
+    assert report["settings"]["recipe"]["refit"]["num_images"] == 1024
+    assert report["refit_acc"] is not None
     assert "recovered" in capsys.readouterr().out
     from dfkd_core import load_checkpoint
     from dfkd_core.prune import measured_sparsity
@@ -68,8 +101,15 @@ def test_recipe_flags_are_generated_with_help(capsys):
     with pytest.raises(SystemExit):
         main(["recover", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--inv-r-bn", "--inv-first-bn-multiplier", "--kd-temperature", "--kd-feature-weight", "--no-inv-flip",
-                 "--no-reconstruction", "--recon-damping"):  # fmt: skip
+    for flag in (
+        "--dream-r-bn",
+        "--dream-first-bn-multiplier",
+        "--distill-temperature",
+        "--distill-feature-weight",
+        "--no-dream-flip",
+        "--no-refit",
+        "--refit-damping",
+    ):
         assert flag in text
     assert "weight of the BatchNorm-statistics loss" in text
 
@@ -91,8 +131,16 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         "unknown teacher",
         "akamaster/resnet20",
     )
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--sparsity", "1.0"], capsys, "sparsity must be in [0, 1)")
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--sparsity", "-0.2"], capsys, "sparsity must be in [0, 1)")
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--sparsity", "1.0"],
+        capsys,
+        "sparsity must be a number in [0, 1)",
+    )
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--sparsity", "-0.2"],
+        capsys,
+        "sparsity must be a number in [0, 1)",
+    )
     _bad([*base, "--teacher", str(teacher_checkpoint), "--arch", "resnet32"], capsys, "conflicts")
     torch.save({"state_dict": torch.load(teacher_checkpoint, weights_only=True)["state_dict"]}, tmp_path / "r20.pt")
     _bad(
@@ -125,13 +173,23 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         capsys,
         "no images found",
     )
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--kd-lr", "1e30"], capsys, "distillation loss became")
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--inv-steps", "0"], capsys, "inversion steps must be >= 1")
+    _bad([*base, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30"], capsys, "distillation loss became")
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--dream-steps", "0"],
+        capsys,
+        "dream steps must be a whole number >= 1",
+    )
     _bad([*base, "--teacher", str(teacher_checkpoint), "--baselines", "gan"], capsys, "unknown baseline")
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--reconstruction", "--recon-damping", "0"], capsys,
-         "damping must be a finite")  # fmt: skip
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--recon-damping", "0.1"], capsys,
-         "reconstruction settings (damping) given, but this recipe does not reconstruct")  # fmt: skip
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--refit", "--refit-damping", "0"],
+        capsys,
+        "damping must be a finite",
+    )
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--refit-damping", "0.1"],
+        capsys,
+        "refit settings (damping) given, but this recipe does not refit",
+    )
     if not torch.cuda.is_available():
         _bad([*base, "--teacher", str(teacher_checkpoint), "--device", "cuda"], capsys, "no CUDA device is available")
     assert not out.exists(), "a failed run leaves nothing behind"

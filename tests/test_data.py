@@ -23,7 +23,6 @@ def test_decoded_tensors_are_cached_on_disk(image_root, monkeypatch):
     first = load_eval_set(str(image_root))
     cached = list((default_data_dir() / "decoded").glob("*.pt"))
     assert len(cached) == 1
-    monkeypatch.setattr(data_module, "_MEMORY_CACHE", {})
     monkeypatch.setattr(data_module, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
     second = load_eval_set(str(image_root))
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
@@ -31,7 +30,6 @@ def test_decoded_tensors_are_cached_on_disk(image_root, monkeypatch):
 
 def test_cache_invalidated_when_files_change(image_root):
     load_eval_set(str(image_root))
-    data_module._MEMORY_CACHE.clear()
     Image.new("RGB", (32, 32)).save(image_root / "test" / "cat" / "extra.png")
     assert len(load_eval_set(str(image_root))) == 41
 

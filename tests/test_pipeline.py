@@ -8,62 +8,86 @@ import torch
 
 import dfkd_core.pipeline as pipeline_module
 from dfkd_core import (
+    PRESETS,
     DistillConfig,
+    DreamConfig,
     Finished,
     ImagesReady,
-    InversionConfig,
+    Metric,
     MetricLogged,
+    Network,
     Notice,
     Progress,
     Recipe,
-    ReconstructionConfig,
-    RecoveryConfig,  # fmt: skip
+    RecoveryConfig,
+    RefitConfig,
+    Stage,
     StageFinished,
     StageStarted,
+    get_preset,
     recover,
+    resolve_device,
     run_recovery,
+    with_overrides,
 )
-from dfkd_core.pipeline import PRESETS, get_preset, resolve_device
 from dfkd_core.zoo import CIFAR10, Teacher
 
 TINY = Recipe(
-    InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1),
+    DreamConfig(num_images=20, batch_size=20, steps=2, preview_every=1),
     DistillConfig(epochs=2, batch_size=10),
-    ReconstructionConfig(batch_size=10),
+    RefitConfig(batch_size=10),
 )
 
 
 def tiny_config(teacher_checkpoint, data, **kwargs) -> RecoveryConfig:
-    return RecoveryConfig(teacher=str(teacher_checkpoint), data=str(data), sparsity=0.5, recipe=TINY,
-                          curve_per_class=2, device="cpu", **kwargs)  # fmt: skip
+    return RecoveryConfig(
+        teacher=str(teacher_checkpoint),
+        data=str(data),
+        sparsity=0.5,
+        recipe=TINY,
+        curve_per_class=2,
+        device="cpu",
+        **kwargs,
+    )
 
 
 def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     events = list(recover(tiny_config(teacher_checkpoint, image_root)))
-    shape = [(type(e).__name__, e.stage) for e in events if isinstance(e, (StageStarted, StageFinished))]
-    assert shape == [
-        ("StageStarted", "load"), ("StageFinished", "load"),
-        ("StageStarted", "prune"), ("StageFinished", "prune"),
-        ("StageStarted", "synthesize"), ("StageFinished", "synthesize"),
-        ("StageStarted", "reconstruct"), ("StageFinished", "reconstruct"),
-        ("StageStarted", "distill"), ("StageFinished", "distill"),
-        ("StageStarted", "baseline_noise_reconstruct"), ("StageFinished", "baseline_noise_reconstruct"),
-        ("StageStarted", "baseline_noise"), ("StageFinished", "baseline_noise"),
-        ("StageStarted", "evaluate"), ("StageFinished", "evaluate"),
-    ]  # fmt: skip
-    assert [e.step for e in events if isinstance(e, Progress) and e.stage == "synthesize"] == [1, 2]
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
+    assert stages == [
+        Stage.LOAD,
+        Stage.PRUNE,
+        Stage.DREAM,
+        Stage.REFIT,
+        Stage.DISTILL,
+        Stage.BASELINE,
+        Stage.BASELINE,
+        Stage.EVALUATE,
+    ]  # the noise baseline refits, then distills
+    assert [e.stage for e in events if isinstance(e, StageFinished)] == stages
+    baseline = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.BASELINE]
+    assert all(d.startswith("noise baseline: ") for d in baseline)
+    assert [e.step for e in events if isinstance(e, Progress) and e.stage is Stage.DREAM] == [1, 2]
     assert [e.step for e in events if isinstance(e, ImagesReady)] == [1, 2]
-    metrics = [(e.stage, e.name, e.step) for e in events if isinstance(e, MetricLogged)]
+    metrics = [(e.stage, e.metric, e.network, e.step) for e in events if isinstance(e, MetricLogged)]
+    curve, top1, accuracy = Metric.CURVE_ACCURACY, Metric.DREAM_TOP1, Metric.ACCURACY
     assert metrics == [
-        ("prune", "teacher_curve_accuracy", 0), ("prune", "pruned_curve_accuracy", 0),
-        ("synthesize", "teacher_top1_on_dreams", 0), ("reconstruct", "accuracy", 0),
-        ("distill", "accuracy", 0), ("distill", "accuracy", 1), ("distill", "accuracy", 2),
-        ("baseline_noise", "noise_curve_accuracy", 0), ("baseline_noise", "noise_accuracy", 0),
-        ("evaluate", "teacher_accuracy", 0), ("evaluate", "pruned_accuracy", 0),
-        ("evaluate", "reconstructed_accuracy", 0), ("evaluate", "recovered_accuracy", 0),
-    ]  # fmt: skip
+        (Stage.PRUNE, curve, Network.TEACHER, 0),
+        (Stage.PRUNE, curve, Network.PRUNED, 0),
+        (Stage.DREAM, top1, Network.TEACHER, 0),
+        (Stage.REFIT, curve, Network.REFIT, 0),
+        (Stage.DISTILL, curve, Network.RECOVERED, 0),
+        (Stage.DISTILL, curve, Network.RECOVERED, 1),
+        (Stage.DISTILL, curve, Network.RECOVERED, 2),
+        (Stage.BASELINE, curve, Network.NOISE, 0),
+        (Stage.BASELINE, accuracy, Network.NOISE, 0),
+        (Stage.EVALUATE, accuracy, Network.TEACHER, 0),
+        (Stage.EVALUATE, accuracy, Network.PRUNED, 0),
+        (Stage.EVALUATE, accuracy, Network.REFIT, 0),
+        (Stage.EVALUATE, accuracy, Network.RECOVERED, 0),
+    ]
     first_images = next(i for i, e in enumerate(events) if isinstance(e, ImagesReady))
-    first_full_eval = next(i for i, e in enumerate(events) if isinstance(e, MetricLogged) and e.stage == "evaluate")
+    first_full_eval = next(i for i, e in enumerate(events) if isinstance(e, MetricLogged) and e.stage is Stage.EVALUATE)
     assert first_images < first_full_eval, "dreams are shown before the slow full-split evaluation"
     assert isinstance(events[-1], Finished)
 
@@ -71,18 +95,19 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
 def test_result_and_report(teacher_checkpoint, image_root):
     result = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=("noise", "real")))
     report = result.report()
-    for key in ("teacher_acc", "pruned_acc", "recovered_acc", "sparsity", "baselines", "dreams", "timings_s",
-                "eval", "device", "versions", "settings"):  # fmt: skip
+    keys = ("teacher_acc", "pruned_acc", "refit_acc", "recovered_acc", "sparsity", "baselines", "dreams", "timings_s")
+    for key in (*keys, "eval", "device", "versions", "settings"):
         assert key in report
     assert report["sparsity"]["target"] == 0.5 and report["sparsity"]["measured"] == pytest.approx(0.5, abs=1e-3)
     assert report["eval"] == {"dataset": str(image_root / "test"), "num_images": 40, "full_split": True}
     assert report["dreams"]["count"] == 20 and report["dreams"]["steps"] == 2
-    assert isinstance(report["baselines"]["noise_kd"], float) and isinstance(report["baselines"]["real_data"], float)
-    assert set(report["timings_s"]) >= {"synthesis", "distillation", "total"}
-    assert report["settings"]["recipe"]["inversion"]["num_images"] == 20
+    assert isinstance(report["baselines"]["noise"], float) and isinstance(report["baselines"]["real"], float)
+    stages = {"load", "prune", "dream", "refit", "distill", "noise", "real", "evaluate", "total"}
+    assert set(report["timings_s"]) == stages
+    assert report["settings"]["recipe"]["dream"]["num_images"] == 20
     assert report["curve"]["epochs"] == [0, 1, 2] and report["curve"]["images"] == 20
-    assert isinstance(report["reconstructed_acc"], float) and "reconstruction" in report["timings_s"]
-    assert result.curve[0][1] == result.curve_references["reconstructed"]  # distillation starts from the refit
+    assert isinstance(report["refit_acc"], float)
+    assert result.curve[0][1] == result.curve_references["refit"]  # distillation starts from the refit
     assert len(report["layers"]) == 22
 
 
@@ -125,17 +150,17 @@ def _forbid_training_reads(monkeypatch, train_dir: Path):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", cifar_guard)
 
 
-EVERY_COMPONENT = Recipe(  # each optional part on: ADI, reconstruction, mixing, features, pruning ramp, both BN modes
-    InversionConfig(num_images=20, batch_size=20, steps=2, preview_every=1, adi=1.0, tv_l1=1e-4, l2=1e-5),
-    DistillConfig(epochs=2, batch_size=10, mix="cutmix", feature_weight=1.0, prune_ramp=0.5),
-    ReconstructionConfig(num_images=16, batch_size=8),
+EVERY_COMPONENT = Recipe(  # each optional part on: ADI, the refit, cutmix, features, both BN modes
+    DreamConfig(num_images=20, batch_size=20, steps=2, preview_every=1, adi=1.0, tv_l1=1e-4, l2=1e-5),
+    DistillConfig(epochs=2, batch_size=10, cutmix=True, feature_weight=1.0),
+    RefitConfig(num_images=16, batch_size=8),
 )
+FROZEN = replace(EVERY_COMPONENT, distill=replace(EVERY_COMPONENT.distill, cutmix=False, bn_mode="frozen"))
 
 
-@pytest.mark.parametrize("recipe", [TINY, EVERY_COMPONENT, replace(EVERY_COMPONENT, distill=replace(
-    EVERY_COMPONENT.distill, mix="mixup", bn_mode="frozen"))], ids=["tiny", "every-component", "mixup-frozen"])  # fmt: skip
+@pytest.mark.parametrize("recipe", [TINY, EVERY_COMPONENT, FROZEN], ids=["tiny", "every-component", "frozen"])
 def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch, recipe):
-    """The data-free guarantee: load, prune, synthesize, reconstruct, distill and the noise baseline run with
+    """The data-free guarantee: load, prune, dream, refit, distill and the noise baseline run with
     every read below train/ turned into an error, for every component the recipe can switch on."""
     _forbid_training_reads(monkeypatch, image_root / "train")
     config = replace(tiny_config(teacher_checkpoint, image_root, baselines=("noise",)), recipe=recipe)
@@ -171,7 +196,7 @@ def test_teacher_without_batchnorm(monkeypatch, image_root):
 
 @pytest.mark.parametrize("sparsity", [-0.5, 1.0, 2])
 def test_bad_sparsity(sparsity):
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
         RecoveryConfig(teacher="akamaster/resnet20", sparsity=sparsity)
 
 
@@ -194,27 +219,23 @@ def test_bad_device_name():
         resolve_device("tpu")
 
 
-def test_a_recipe_without_reconstruction_skips_the_stage(teacher_checkpoint, image_root):
-    config = replace(
-        tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=replace(TINY, reconstruction=None)
-    )
+def test_a_recipe_without_refit_skips_the_stage(teacher_checkpoint, image_root):
+    config = replace(tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=replace(TINY, refit=None))
     events = list(recover(config))
-    assert not any(isinstance(e, StageStarted) and "reconstruct" in e.stage for e in events)
+    assert Stage.REFIT not in [e.stage for e in events if isinstance(e, StageStarted)]
     result = events[-1].result
-    assert result.reconstructed_acc is None and result.curve[0][1] == result.curve_references["pruned"]
+    assert result.refit_acc is None and result.curve[0][1] == result.curve_references["pruned"]
+    assert "refit" not in result.timings
 
 
 def test_presets():
-    assert set(PRESETS) >= {"quick", "default", "best", "preview", "paper"}
+    assert list(PRESETS) == ["quick", "default", "best"]
     assert get_preset("default") == Recipe()
-    assert PRESETS["paper"].distill.feature_weight == 0.0 and PRESETS["paper"].distill.bn_mode == "frozen"
-    assert PRESETS["paper"].distill.mix == "none"
 
-    def cost(recipe):  # image-steps of synthesis plus image-passes of distillation
-        inv, kd = recipe.inversion, recipe.distill
-        return inv.num_images * inv.steps + inv.num_images * kd.epochs
+    def cost(recipe):  # image-steps of dreaming plus image-passes of distillation
+        return recipe.dream.num_images * (recipe.dream.steps + recipe.distill.epochs)
 
-    assert cost(PRESETS["preview"]) < cost(PRESETS["quick"]) < cost(PRESETS["default"]) < cost(PRESETS["best"])
+    assert cost(PRESETS["quick"]) < cost(PRESETS["default"]) < cost(PRESETS["best"])
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         get_preset("fast")
 
@@ -224,16 +245,14 @@ def test_dreams_can_be_reused(teacher_checkpoint, image_root):
     events = list(recover(tiny_config(teacher_checkpoint, image_root, baselines=()), first.dreams))
     assert not any(isinstance(e, ImagesReady) for e in events)
     result = events[-1].result
-    assert result.dreams is first.dreams and result.timings["synthesis"] == first.dreams.seconds
+    assert result.dreams is first.dreams and result.timings["dream"] == first.dreams.seconds
 
 
 def test_with_overrides_switches_the_refit_on_and_off():
-    from dfkd_core.pipeline import with_overrides
-
-    assert PRESETS["default"].reconstruction is None and PRESETS["quick"].reconstruction is not None
-    on = with_overrides(PRESETS["default"], reconstruct=True, reconstruction={"damping": 0.1})
-    assert on.reconstruction == ReconstructionConfig(damping=0.1) and on.distill == PRESETS["default"].distill
-    assert with_overrides(PRESETS["quick"], reconstruct=False).reconstruction is None
-    assert with_overrides(PRESETS["quick"], {"steps": 5}).reconstruction == PRESETS["quick"].reconstruction
-    with pytest.raises(ValueError, match="does not reconstruct"):
-        with_overrides(PRESETS["default"], reconstruction={"damping": 0.1})
+    assert PRESETS["default"].refit is None and PRESETS["quick"].refit is not None
+    on = with_overrides(PRESETS["default"], use_refit=True, refit={"damping": 0.1})
+    assert on.refit == RefitConfig(damping=0.1) and on.distill == PRESETS["default"].distill
+    assert with_overrides(PRESETS["quick"], use_refit=False).refit is None
+    assert with_overrides(PRESETS["quick"], {"steps": 5}).refit == PRESETS["quick"].refit
+    with pytest.raises(ValueError, match="does not refit"):
+        with_overrides(PRESETS["default"], refit={"damping": 0.1})

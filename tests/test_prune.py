@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dfkd_core import create_model, make_permanent, prune_model, sparsity_report
-from dfkd_core.prune import PruningRamp, clone_model, count_nonzero_parameters, measured_sparsity, prunable_layers
+from dfkd_core.prune import clone_model, count_nonzero_parameters, measured_sparsity, prunable_layers
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75, 0.9])
@@ -74,31 +74,3 @@ def test_pruned_models_can_be_cloned_after_training_steps():
     pruned(torch.randn(2, 3, 32, 32)).sum().backward()  # leaves weight = orig * mask with a graph
     clone = clone_model(pruned)
     assert torch.equal(clone.fc.weight_mask, pruned.fc.weight_mask)
-
-
-def test_pruning_ramp_closes_the_given_masks_on_a_cubic_schedule():
-    torch.manual_seed(0)
-    pruned = prune_model(create_model("akamaster_resnet20"), 0.9)
-    given = {name: m.weight_mask.clone() for name, m in prunable_layers(pruned)}
-    ramp = PruningRamp(pruned)
-    assert measured_sparsity(pruned) == 0.0, "the ramp starts from the dense weights"
-    for progress in (0.1, 0.5, 0.9):
-        ramp.update(progress)
-        assert measured_sparsity(pruned) == pytest.approx(0.9 * (1 - (1 - progress) ** 3), abs=1e-3)
-        for name, m in prunable_layers(pruned):
-            assert not (m.weight_mask == 0)[given[name] == 1].any(), "only weights the given masks prune go"
-    ramp.update(1.0)
-    for name, m in prunable_layers(pruned):
-        assert torch.equal(m.weight_mask, given[name])
-
-
-def test_pruning_ramp_removes_the_currently_smallest_weights_first():
-    layer = nn.Linear(4, 1, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
-    model = prune_model(nn.Sequential(layer), 0.5)  # prunes 0.1 and 0.2
-    ramp = PruningRamp(model)
-    with torch.no_grad():
-        model[0].weight_orig[0, 0] = 5.0  # the weight that was smallest has grown
-    ramp.update(0.25)  # 1 - 0.75^3 of 2 weights: one goes
-    assert model[0].weight_mask.tolist() == [[1.0, 0.0, 1.0, 1.0]]

@@ -39,9 +39,14 @@ def test_unknown_teacher_lists_close_matches():
 
 @pytest.mark.parametrize(
     ("spec", "mean0"),
-    [("imagenet", 0.485), ("cifar10", 0.4914), ("CIFAR10", 0.4914), ("0.5,0.5,0.5,0.25,0.25,0.25", 0.5),
-     ({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}, 0.1)],
-)  # fmt: skip
+    [
+        ("imagenet", 0.485),
+        ("cifar10", 0.4914),
+        ("CIFAR10", 0.4914),
+        ("0.5,0.5,0.5,0.25,0.25,0.25", 0.5),
+        ({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}, 0.1),
+    ],
+)
 def test_normalization_parse(spec, mean0):
     assert Normalization.parse(spec).mean[0] == pytest.approx(mean0)
 

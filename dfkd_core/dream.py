@@ -1,4 +1,4 @@
-"""DeepInversion: dream a transfer set out of a teacher's BatchNorm statistics.
+"""Dream: a transfer set made out of a teacher's BatchNorm statistics (DeepInversion).
 
 Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion", CVPR 2020.
 A batch of images is optimized with Adam, in the teacher's normalized input space, so that
@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,56 +29,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .events import Event, ImagesReady, Progress, StageFinished, StageStarted, drain
+from ._knobs import knob, require_finite, require_positive_int
+from .events import Event, ImagesReady, Progress, Stage, StageFinished, StageStarted, drain
 from .zoo import Teacher
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DreamSet", "InversionConfig", "iter_synthesize", "synthesize", "total_variation"]
+IMAGE_SIZE = 32  # side of the dreams in pixels (CIFAR)
+
+__all__ = ["DreamConfig", "DreamSet", "batchnorm_layers", "dream", "iter_dream", "require_batchnorm", "total_variation"]
 
 
 @dataclass(frozen=True)
-class InversionConfig:
-    """DeepInversion recipe; defaults follow the CIFAR settings of Yin et al. (2020)."""
+class DreamConfig:
+    """How to dream; defaults follow the CIFAR settings of Yin et al. (2020)."""
 
-    num_images: int = 1024  # dreams to synthesize, class-balanced
-    batch_size: int = 256  # images optimized jointly; BN statistics are matched per batch
-    steps: int = 200  # Adam steps per batch
-    lr: float = 0.1  # Adam step size in normalized-pixel units, cosine-annealed to zero
-    ce: float = 1.0  # weight of the cross-entropy to the target classes (0 = BN statistics only)
-    r_bn: float = 0.05  # weight of the BatchNorm-statistics loss (sum over BN layers)
-    first_bn_multiplier: float = 10.0  # extra weight on the first BN layer, which sees raw colours
-    tv_l1: float = 0.0  # weight of the L1 total-variation prior (mean absolute pixel difference)
-    tv_l2: float = 2.5e-5  # weight of the L2 total-variation prior (norm of pixel differences)
-    l2: float = 0.0  # weight of the L2 norm of the image (keeps pixel energy small)
-    jitter: int = 2  # random roll of the input each step, in pixels, at most this far
-    flip: bool = True  # random horizontal flip of the input each step
-    adi: float = 0.0  # Adaptive DeepInversion: weight of the teacher-student disagreement term
-    adi_temperature: float = 3.0  # softmax temperature of the disagreement term
-    preview_every: int = 10  # steps between live snapshots of the images and losses (also after each first step)
+    num_images: int = knob(1024, "dreams to synthesize, class-balanced")
+    batch_size: int = knob(256, "images optimized jointly; BatchNorm statistics are matched per batch")
+    steps: int = knob(200, "Adam steps per batch")
+    lr: float = knob(0.1, "Adam step size in normalized-pixel units, cosine-annealed to zero")
+    ce: float = knob(1.0, "weight of the cross-entropy to the target classes (0 = BatchNorm statistics only)")
+    r_bn: float = knob(0.05, "weight of the BatchNorm-statistics loss (sum over BatchNorm layers)")
+    first_bn_multiplier: float = knob(10.0, "extra weight on the first BatchNorm layer, which sees raw colours")
+    tv_l1: float = knob(0.0, "weight of the L1 total-variation prior (mean absolute pixel difference)")
+    tv_l2: float = knob(2.5e-5, "weight of the L2 total-variation prior (norm of pixel differences)")
+    l2: float = knob(0.0, "weight of the L2 norm of the image (keeps pixel energy small)")
+    jitter: int = knob(2, "random roll of the input each step, in pixels, at most this far")
+    flip: bool = knob(True, "random horizontal flip of the input each step")
+    adi: float = knob(0.0, "Adaptive DeepInversion: weight of the teacher-student disagreement term")
+    adi_temperature: float = knob(3.0, "softmax temperature of the disagreement term")
+    preview_every: int = knob(10, "steps between live snapshots of the dreams and losses (and after each first step)")
 
     def __post_init__(self) -> None:
-        for name in ("num_images", "batch_size", "steps", "preview_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"inversion {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "ce", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi", "adi_temperature"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"inversion {name} must be a finite number >= 0, got {value!r}")
-        if self.jitter < 0:
-            raise ValueError(f"inversion jitter must be >= 0 pixels, got {self.jitter!r}")
+        require_positive_int(self, "dream", "num_images", "batch_size", "steps", "preview_every")
+        require_finite(self, "dream", "lr", "ce", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi")
+        require_finite(self, "dream", "adi_temperature", positive=True)
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int) or self.jitter < 0:
+            raise ValueError(f"dream jitter must be a whole number of pixels >= 0, got {self.jitter!r}")
 
 
 @dataclass
 class DreamSet:
-    """Synthesized images in [0, 1] pixel space (CPU, float32) with the labels they were dreamed for."""
+    """Dreamed images in [0, 1] pixel space (CPU, float32) with the labels they were dreamed for."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
     teacher_top1: float = float("nan")  # % of dreams the teacher assigns to their target class
     steps: int = 0  # optimization steps each dream received
-    seconds: float = float("nan")  # wall time the synthesis took
+    seconds: float = float("nan")  # wall time the dreaming took
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,9 +85,14 @@ class DreamSet:
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"images": (self.images * 255).round().to(torch.uint8), "labels": self.labels,
-                  "classes": list(self.classes), "teacher_top1": self.teacher_top1, "steps": self.steps,
-                  "seconds": self.seconds}  # fmt: skip
+        record = {
+            "images": (self.images * 255).round().to(torch.uint8),
+            "labels": self.labels,
+            "classes": list(self.classes),
+            "teacher_top1": self.teacher_top1,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
         partial = path.with_name(f".{path.name}.partial")
         torch.save(record, partial)
         os.replace(partial, path)
@@ -99,8 +103,14 @@ class DreamSet:
         try:
             record = torch.load(path, map_location="cpu", weights_only=True)
             images = record["images"].float() / 255
-            return cls(images, record["labels"].long(), tuple(record["classes"]), float(record["teacher_top1"]),
-                       int(record.get("steps", 0)), float(record.get("seconds", float("nan"))))  # fmt: skip
+            return cls(
+                images,
+                record["labels"].long(),
+                tuple(record["classes"]),
+                float(record["teacher_top1"]),
+                int(record.get("steps", 0)),
+                float(record.get("seconds", float("nan"))),
+            )
         except Exception as err:
             raise ValueError(
                 f"{str(path)!r} is not a dream set saved by DreamSet.save ({type(err).__name__}: {err})"
@@ -123,6 +133,28 @@ class DreamSet:
         path = Path(path)
         save_image(self.grid(per_class), path)
         return path
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model``, in definition order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def require_batchnorm(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model``; ``ValueError`` if there are none, or one keeps no running statistics.
+
+    DeepInversion dreams by matching the running mean and variance stored in BatchNorm layers,
+    so a model without them cannot be recovered data-free.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ValueError(
+            f"the teacher ({type(model).__name__}) has no BatchNorm layer; DeepInversion dreams by matching the "
+            "running mean and variance stored in BatchNorm layers, so this model cannot be recovered data-free"
+        )
+    if any(m.running_mean is None for m in layers):
+        raise ValueError("a BatchNorm layer of the teacher tracks no running statistics (track_running_stats=False)")
+    return layers
 
 
 def _neighbour_differences(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -166,17 +198,18 @@ def _jittered(x: torch.Tensor, shift: list[int], flip: bool) -> torch.Tensor:
     return torch.flip(x, dims=(3,)) if flip else x
 
 
-_ONES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+class _Ones:
+    """Vectors of ones by length, made once per dreaming run (summing by matrix-vector product must not
+    refill one every step)."""
 
+    def __init__(self) -> None:
+        self._vectors: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
-def _ones(n: int, like: torch.Tensor) -> torch.Tensor:
-    """A cached vector of ``n`` ones (summing by matrix-vector product must not refill it every step)."""
-    key = (n, like.device, like.dtype)
-    if key not in _ONES:
-        if len(_ONES) > 64:
-            _ONES.clear()
-        _ONES[key] = torch.ones(n, device=like.device, dtype=like.dtype)
-    return _ONES[key]
+    def __call__(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        key = (n, like.device, like.dtype)
+        if key not in self._vectors:
+            self._vectors[key] = torch.ones(n, device=like.device, dtype=like.dtype)
+        return self._vectors[key]
 
 
 class _ChannelMoments(torch.autograd.Function):
@@ -190,10 +223,10 @@ class _ChannelMoments(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, ones: _Ones) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         rows = x.movedim(1, -1).reshape(-1, x.shape[1])  # a view when x is channels_last
         n = rows.shape[0]
-        mean = torch.mv(rows.t(), _ones(n, x)) / n
+        mean = torch.mv(rows.t(), ones(n, x)) / n
         var = (rows.t() @ rows).diagonal() / n - mean.square()
         ctx.save_for_backward(x, mean)
         ctx.n = n
@@ -205,7 +238,7 @@ class _ChannelMoments(torch.autograd.Function):
         shape = [1, -1] + [1] * (x.dim() - 2)
         scale = (2 * grad_var / ctx.n).view(shape)
         shift = ((grad_mean - 2 * grad_var * mean) / ctx.n).view(shape)
-        return torch.addcmul(shift, x, scale)
+        return torch.addcmul(shift, x, scale), None
 
 
 def _bn_distance(mean: torch.Tensor, var: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
@@ -224,7 +257,7 @@ class _FoldedBatchNorm(nn.Module):
     centred, so its one-pass variance is as accurate in float32 as that of ``y``.
     """
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, weight: float, terms: list[torch.Tensor]):
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, weight: float, prior: _BNStatisticsLoss):
         super().__init__()
         scale = _bn_scale(bn).detach()
         unfolded = _unfoldable_channels(scale)
@@ -233,14 +266,14 @@ class _FoldedBatchNorm(nn.Module):
         self.register_buffer("running_var", bn.running_var.detach().clone())
         self.register_buffer("unfolded", unfolded.nonzero().flatten())
         self.register_buffer("unfolded_scale", scale[unfolded].clone())
-        self.weight, self.terms = weight, terms
+        self.weight, self.prior = weight, prior
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        var, mean = _ChannelMoments.apply(u)
+        var, mean = _ChannelMoments.apply(u, self.prior.ones)
         distance = torch.linalg.vector_norm(mean * self.inv_fold) + torch.linalg.vector_norm(
             var * self.inv_fold.square() - self.running_var
         )
-        self.terms.append(self.weight * distance)
+        self.prior.terms.append(self.weight * distance)
         shape = (1, -1, *([1] * (u.dim() - 2)))
         out = u + self.beta.view(shape)  # a fresh tensor: later in-place ops keep u intact
         if len(self.unfolded):
@@ -259,7 +292,7 @@ def _unfoldable_channels(scale: torch.Tensor) -> torch.Tensor:
     return scale.abs() < 1e-4
 
 
-def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms: list[torch.Tensor]) -> nn.Module:
+def _fold_for_dreaming(model: nn.Module, prior: _BNStatisticsLoss) -> nn.Module:
     """``model`` as a ``torch.fx`` graph whose Conv2d -> BatchNorm2d pairs are folded (new modules
     in place of each pair; every other module is shared with ``model``).
 
@@ -296,7 +329,7 @@ def _fold_for_inversion(model: nn.Module, weights: dict[nn.Module, float], terms
             conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, fold_gamma, None
         )
         _set_submodule(graph, source.target, fused.requires_grad_(False))
-        _set_submodule(graph, node.target, _FoldedBatchNorm(bn, weights[originals[node.target]], terms))
+        _set_submodule(graph, node.target, _FoldedBatchNorm(bn, prior.weights[originals[node.target]], prior))
     return graph
 
 
@@ -314,28 +347,19 @@ class _BNStatisticsLoss:
     """
 
     def __init__(self, model: nn.Module, first_multiplier: float, fold: bool = True):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not self.layers:
-            raise ValueError(
-                f"{type(model).__name__} has no BatchNorm layer. DeepInversion dreams images by matching the "
-                "running mean/variance stored in BatchNorm layers, so the teacher must contain BatchNorm2d layers "
-                "with tracked running statistics."
-            )
-        if any(m.running_mean is None for m in self.layers):
-            raise ValueError(
-                "a BatchNorm layer of the teacher tracks no running statistics (track_running_stats=False)"
-            )
+        self.layers = require_batchnorm(model)
+        self.ones = _Ones()
         self.weights = {m: first_multiplier if i == 0 else 1.0 for i, m in enumerate(self.layers)}
         self.terms: list[torch.Tensor] = []
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.network, self.folded = model, False
         if fold and not any(m.training for m in self.layers):
             try:
-                folded = _fold_for_inversion(model, self.weights, self.terms)
+                folded = _fold_for_dreaming(model, self)
                 self._check_agreement(model, folded)
                 self.network, self.folded = folded, True
             except Exception as err:  # untraceable, unusual wiring, in-place surprises: hooks compute the same loss
-                log.info("inversion runs the unfolded teacher (%s: %s)", type(err).__name__, err)
+                log.info("dreaming runs the unfolded teacher (%s: %s)", type(err).__name__, err)
                 self.terms.clear()
         if not self.folded:
             self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -362,7 +386,7 @@ class _BNStatisticsLoss:
                 raise ValueError(f"the folded teacher's {name} differs from the teacher's")
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        var, mean = _ChannelMoments.apply(inputs[0])
+        var, mean = _ChannelMoments.apply(inputs[0], self.ones)
         self.terms.append(self.weights[module] * _bn_distance(mean, var, module))  # type: ignore[arg-type]
 
     def pop(self) -> torch.Tensor:
@@ -390,114 +414,154 @@ def _balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> to
     return labels[torch.randperm(n, generator=generator)]
 
 
-def iter_synthesize(
+@dataclass
+class _Canvas:
+    """What every batch of one dreaming run shares: the networks, the prior and the valid pixel range."""
+
+    teacher: Teacher
+    config: DreamConfig
+    prior: _BNStatisticsLoss
+    student: nn.Module | None  # for the Adaptive DeepInversion term only
+    low: torch.Tensor  # normalized value of a black pixel, per channel
+    high: torch.Tensor  # normalized value of a white pixel, per channel
+    generator: torch.Generator
+    stage: Stage
+
+
+def _dream_loss(canvas: _Canvas, view: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The DeepInversion objective of one jittered view, and its terms for the live plot."""
+    config = canvas.config
+    logits = canvas.prior.network(view)
+    ce = F.cross_entropy(logits, targets)
+    bn = canvas.prior.pop()
+    loss = config.ce * ce + config.r_bn * bn
+    if config.tv_l1 or config.tv_l2:
+        loss = loss + _smoothness_prior(view, config.tv_l1, config.tv_l2)
+    if config.l2:
+        loss = loss + config.l2 * torch.linalg.vector_norm(view)
+    if canvas.student is not None:
+        loss = loss + config.adi * _js_disagreement(logits, canvas.student(view), config.adi_temperature)
+    return loss, {"ce": ce, "bn": bn}  # type: ignore[dict-item]
+
+
+def _dream_batch(
+    canvas: _Canvas,
+    n: int,
+    first_step: int,
+    total: int,
+    earlier: list[torch.Tensor],
+    earlier_labels: list[torch.Tensor],
+) -> Generator[Event, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Optimize one batch of ``n`` dreams; yields progress and snapshots, returns (best pixels, targets).
+
+    ``earlier`` holds the finished batches' pixels, shown beside this batch in each snapshot.
+    """
+    config, norm = canvas.config, canvas.teacher.normalization
+    device = canvas.low.device
+    targets = _balanced_labels(n, canvas.teacher.num_classes, canvas.generator).to(device)
+    x = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=canvas.generator).to(device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=config.lr, betas=(0.5, 0.9))
+    best_x, best_loss = x.detach().clone(), torch.tensor(float("inf"), device=device)
+    shifts = torch.randint(-config.jitter, config.jitter + 1, (config.steps, 2), generator=canvas.generator).tolist()
+    flips = (
+        (torch.rand(config.steps, generator=canvas.generator) < 0.5).tolist() if config.flip else [False] * config.steps
+    )
+    for t in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps))
+        loss, terms = _dream_loss(canvas, _jittered(x, shifts[t], flips[t]), targets)
+        with torch.no_grad():
+            better = loss < best_loss
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            best_x = torch.where(better, x.detach(), best_x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            x.copy_(torch.maximum(torch.minimum(x, canvas.high), canvas.low))
+        if t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == config.steps:  # first: still close to the noise
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"dream loss became {value} at step {t + 1}; lower the dream lr (now {config.lr}) "
+                    f"or r_bn (now {config.r_bn})"
+                )
+            metrics = {"loss": value, **{k: float(v.detach()) for k, v in terms.items()}}
+            yield Progress(canvas.stage, first_step + t, total, metrics)
+            shown = torch.cat(earlier + [norm.denormalize(x.detach()).clamp(0, 1).cpu()])
+            yield ImagesReady(
+                canvas.stage, first_step + t, shown, torch.cat(earlier_labels + [targets.cpu()]), canvas.teacher.classes
+            )
+    return best_x, targets
+
+
+def iter_dream(
     teacher: Teacher,
-    config: InversionConfig = InversionConfig(),
+    config: DreamConfig = DreamConfig(),
     *,
     student: nn.Module | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    stage: str = "synthesize",
+    stage: Stage = Stage.DREAM,
 ) -> Generator[Event, None, DreamSet]:
-    """Generator form of :func:`synthesize`: yields progress and image snapshots, returns the DreamSet."""
+    """Generator form of :func:`dream`: yields progress and image snapshots, returns the DreamSet."""
     if config.adi > 0 and student is None:
-        raise ValueError("inversion adi > 0 needs the current student (Adaptive DeepInversion)")
+        raise ValueError("dream adi > 0 needs the current student (Adaptive DeepInversion)")
     device = torch.device(device)
     model = teacher.model.to(device).eval()
     student = student.to(device).eval() if student is not None and config.adi > 0 else None
-    generator = torch.Generator().manual_seed(seed)
     norm = teacher.normalization
-    low = norm.normalize(torch.zeros(1, 3, 1, 1, device=device))
-    high = norm.normalize(torch.ones(1, 3, 1, 1, device=device))
-    image_size = 32
     num_batches = math.ceil(config.num_images / config.batch_size)
     total = num_batches * config.steps
     yield StageStarted(stage, total, f"{config.num_images} dreams x {config.steps} steps")
     started = time.perf_counter()
-
     frozen = [(p, p.requires_grad) for p in model.parameters()]
-    if student is not None:
-        frozen += [(p, p.requires_grad) for p in student.parameters()]
+    frozen += [(p, p.requires_grad) for p in student.parameters()] if student is not None else []
     for p, _ in frozen:
         p.requires_grad_(False)
-    bn_loss = _BNStatisticsLoss(model, config.first_bn_multiplier)
-    images, labels, correct = [], [], 0
+    prior = _BNStatisticsLoss(model, config.first_bn_multiplier)
+    canvas = _Canvas(
+        teacher,
+        config,
+        prior,
+        student,
+        norm.normalize(torch.zeros(1, 3, 1, 1, device=device)),
+        norm.normalize(torch.ones(1, 3, 1, 1, device=device)),
+        torch.Generator().manual_seed(seed),
+        stage,
+    )
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    correct = 0
     try:
         for b in range(num_batches):
             n = min(config.batch_size, config.num_images - b * config.batch_size)
-            targets = _balanced_labels(n, teacher.num_classes, generator).to(device)
-            x = torch.randn(n, 3, image_size, image_size, generator=generator).to(device)
-            x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=config.lr, betas=(0.5, 0.9))
-            best_x, best_loss = x.detach().clone(), torch.tensor(float("inf"), device=device)
-            shifts = torch.randint(-config.jitter, config.jitter + 1, (config.steps, 2), generator=generator).tolist()
-            flips = (
-                (torch.rand(config.steps, generator=generator) < 0.5).tolist()
-                if config.flip
-                else [False] * config.steps
-            )
-            for t in range(config.steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps))
-                view = _jittered(x, shifts[t], flips[t])
-                logits = bn_loss.network(view)
-                ce = F.cross_entropy(logits, targets)
-                bn = bn_loss.pop()
-                loss = config.ce * ce + config.r_bn * bn
-                if config.tv_l1 or config.tv_l2:
-                    loss = loss + _smoothness_prior(view, config.tv_l1, config.tv_l2)
-                if config.l2:
-                    loss = loss + config.l2 * torch.linalg.vector_norm(view)
-                if student is not None:
-                    loss = loss + config.adi * _js_disagreement(logits, student(view), config.adi_temperature)
-                with torch.no_grad():
-                    better = loss < best_loss
-                    best_loss = torch.where(better, loss.detach(), best_loss)
-                    best_x = torch.where(better, x.detach(), best_x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, high), low))
-                step = b * config.steps + t + 1
-                if (
-                    t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == config.steps
-                ):  # first: still close to the noise
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"inversion loss became {value} at step {t + 1} of batch {b + 1}; lower the inversion lr "
-                            f"(now {config.lr}) or r_bn (now {config.r_bn})"
-                        )
-                    yield Progress(
-                        stage, step, total, {"loss": value, "ce": float(ce.detach()), "bn": float(bn.detach())}
-                    )
-                    shown = torch.cat(images + [norm.denormalize(x.detach()).clamp(0, 1).cpu()])
-                    yield ImagesReady(stage, step, shown, torch.cat(labels + [targets.cpu()]), teacher.classes)
+            best, targets = yield from _dream_batch(canvas, n, b * config.steps + 1, total, images, labels)
             with torch.no_grad():
-                correct += int((model(best_x).argmax(1) == targets).sum())
-                bn_loss.pop()
-            images.append(norm.denormalize(best_x).clamp(0, 1).float().cpu().contiguous())
+                correct += int((model(best).argmax(1) == targets).sum())
+                prior.pop()
+            images.append(norm.denormalize(best).clamp(0, 1).float().cpu().contiguous())
             labels.append(targets.cpu())
     finally:
-        bn_loss.remove()
+        prior.remove()
         for p, flag in frozen:
             p.requires_grad_(flag)
     seconds = time.perf_counter() - started
-    dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, 100.0 * correct / config.num_images,
-                      config.steps, seconds)  # fmt: skip
+    top1 = 100.0 * correct / config.num_images
+    dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds)
     yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1})
     return dreams
 
 
-def synthesize(
+def dream(
     teacher: Teacher,
-    config: InversionConfig = InversionConfig(),
+    config: DreamConfig = DreamConfig(),
     *,
     student: nn.Module | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    callback=None,
+    callback: Callable[[Event], None] | None = None,
 ) -> DreamSet:
     """Dream ``config.num_images`` class-balanced images out of ``teacher`` (DeepInversion).
 
@@ -506,4 +570,4 @@ def synthesize(
     is only used when ``config.adi > 0``. Raises ``ValueError`` if the teacher has no
     BatchNorm layer and ``FloatingPointError`` if the loss stops being finite.
     """
-    return drain(iter_synthesize(teacher, config, student=student, device=device, seed=seed), callback)
+    return drain(iter_dream(teacher, config, student=student, device=device, seed=seed), callback)

@@ -2,19 +2,20 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_core import DreamSet, ImagesReady, InversionConfig, Progress, create_model, synthesize
-from dfkd_core.invert import _BNStatisticsLoss, _ChannelMoments, _jittered, _smoothness_prior, total_variation
+from dfkd_core import DreamSet, ImagesReady, DreamConfig, Progress, create_model, dream
+from dfkd_core.dream import _BNStatisticsLoss, _ChannelMoments, _jittered, _Ones, _smoothness_prior, total_variation
 from dfkd_core.zoo import CIFAR10, Teacher
 
-TINY = InversionConfig(num_images=20, batch_size=10, steps=6, preview_every=3)
+TINY = DreamConfig(num_images=20, batch_size=10, steps=6, preview_every=3)
 
 
 def test_channel_moments_match_torch_and_have_exact_gradients():
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
-    var, mean = _ChannelMoments.apply(x)
+    ones = _Ones()
+    var, mean = _ChannelMoments.apply(x, ones)
     ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     assert torch.allclose(var, ref_var) and torch.allclose(mean, ref_mean)
-    assert torch.autograd.gradcheck(_ChannelMoments.apply, (x,))
+    assert torch.autograd.gradcheck(lambda t: _ChannelMoments.apply(t, ones), (x,))
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "vgg11_bn", "mobilenetv2_x0_5", "akamaster_resnet20"])
@@ -104,7 +105,7 @@ def test_batchnorm_not_after_a_convolution_keeps_the_hooked_teacher():
 
 
 def test_dreams_shape_range_and_balance(teacher):
-    dreams = synthesize(teacher, TINY, seed=1)
+    dreams = dream(teacher, TINY, seed=1)
     assert dreams.images.shape == (20, 3, 32, 32) and dreams.images.dtype == torch.float32
     assert 0.0 <= dreams.images.min() and dreams.images.max() <= 1.0
     assert dreams.labels.bincount(minlength=10).tolist() == [2] * 10
@@ -112,7 +113,7 @@ def test_dreams_shape_range_and_balance(teacher):
 
 
 def test_seed_makes_it_deterministic(teacher):
-    a, b = synthesize(teacher, TINY, seed=3), synthesize(teacher, TINY, seed=3)
+    a, b = dream(teacher, TINY, seed=3), dream(teacher, TINY, seed=3)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
@@ -126,13 +127,13 @@ def test_bn_statistics_get_closer_to_the_teachers(teacher):
         return distance
 
     noise = bn_distance(torch.randn(64, 3, 32, 32))
-    dreams = synthesize(teacher, InversionConfig(num_images=64, batch_size=64, steps=30, r_bn=1.0))
+    dreams = dream(teacher, DreamConfig(num_images=64, batch_size=64, steps=30, r_bn=1.0))
     assert bn_distance(teacher.normalization.normalize(dreams.images)) < 0.7 * noise
 
 
 def test_callback_sees_images_every_k_steps(teacher):
     events = []
-    synthesize(teacher, TINY, callback=events.append)
+    dream(teacher, TINY, callback=events.append)
     snapshots = [e for e in events if isinstance(e, ImagesReady)]
     assert [e.step for e in snapshots] == [1, 3, 6, 7, 9, 12]  # the first step of each batch shows its noise
     assert snapshots[0].images.shape == (10, 3, 32, 32) and snapshots[-1].images.shape == (20, 3, 32, 32)
@@ -143,7 +144,7 @@ def test_callback_sees_images_every_k_steps(teacher):
 
 def test_teacher_is_left_as_it_was(teacher):
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
-    synthesize(teacher, TINY)
+    dream(teacher, TINY)
     assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
     assert all(p.requires_grad for p in teacher.model.parameters())
     assert not any(m._forward_hooks for m in teacher.model.modules())
@@ -153,22 +154,22 @@ def test_model_without_batchnorm_is_refused():
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     no_bn = Teacher(plain, "plain", CIFAR10, tuple(str(i) for i in range(10)), "plain")
     with pytest.raises(ValueError, match="has no BatchNorm layer"):
-        synthesize(no_bn, TINY)
+        dream(no_bn, TINY)
 
 
 def test_nan_loss_stops_with_advice(teacher):
     teacher.model.bn1.running_var.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="inversion loss became nan.*lower the inversion lr"):
-        synthesize(teacher, TINY)
+    with pytest.raises(FloatingPointError, match="dream loss became nan.*lower the dream lr"):
+        dream(teacher, TINY)
 
 
 def test_adaptive_deepinversion_needs_and_uses_a_student(teacher):
     from dfkd_core import prune_model
 
-    config = InversionConfig(num_images=10, batch_size=10, steps=3, adi=1.0)
+    config = DreamConfig(num_images=10, batch_size=10, steps=3, adi=1.0)
     with pytest.raises(ValueError, match="needs the current student"):
-        synthesize(teacher, config)
-    assert len(synthesize(teacher, config, student=prune_model(teacher.model, 0.5))) == 10
+        dream(teacher, config)
+    assert len(dream(teacher, config, student=prune_model(teacher.model, 0.5))) == 10
 
 
 @pytest.mark.parametrize(
@@ -176,11 +177,11 @@ def test_adaptive_deepinversion_needs_and_uses_a_student(teacher):
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
-        InversionConfig(**{field: value})
+        DreamConfig(**{field: value})
 
 
 def test_dream_set_save_load_and_grid(teacher, tmp_path):
-    dreams = synthesize(teacher, TINY)
+    dreams = dream(teacher, TINY)
     loaded = DreamSet.load(dreams.save(tmp_path / "d.pt"))
     assert torch.allclose(loaded.images, dreams.images, atol=1 / 255) and torch.equal(loaded.labels, dreams.labels)
     assert loaded.classes == dreams.classes

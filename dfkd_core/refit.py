@@ -1,4 +1,4 @@
-"""Layer-wise reconstruction: refit each pruned layer's surviving weights so it answers like the teacher's.
+"""Refit: solve each pruned layer's surviving weights so that the layer answers like the teacher's.
 
 Pruning zeroes weights and leaves the survivors as they were, although the best values for the
 survivors of a row change once its neighbours are gone. With the pruning mask held fixed, the best
@@ -15,14 +15,13 @@ needs only the Gram matrices ``H = sum x x^T`` and ``G = sum x x'^T``. All rows 
 at once by conjugate gradients on the masked system, warm-started at the pruned weights.
 
 This costs seconds to a minute on a CPU and, at 75% sparsity, recovers nearly what a full
-distillation would - the reason the fast presets use it. A long distillation does not gain from
-starting here (at 90% it ends lower; see the README's ablation), so the default recipe skips it.
+distillation would - the reason the ``quick`` preset uses it. A long distillation does not gain from
+starting here (at 90% it ends lower; see ``benchmarks/README.md``), so the default recipe skips it.
 Only the dreams (or whatever images the caller passes) are read - this module never loads data.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -32,31 +31,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .events import Event, MetricLogged, Progress, StageFinished, StageStarted, drain
+from ._knobs import knob, require_finite, require_positive_int
+from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .prune import prunable_layers
 from .zoo import Normalization
 
-__all__ = ["ReconstructionConfig", "ReconstructionResult", "iter_reconstruct", "masked_least_squares", "reconstruct"]
+__all__ = ["RefitConfig", "RefitResult", "iter_refit", "masked_least_squares", "refit"]
 
 
 @dataclass(frozen=True)
-class ReconstructionConfig:
+class RefitConfig:
     """How to refit the pruned layers; defaults are the recommended recipe."""
 
-    num_images: int = 1024  # dreams used to build each layer's Gram matrices (the first ones of the set)
-    batch_size: int = 128  # images per forward pass while collecting Gram matrices
-    damping: float = 0.01  # ridge term as a share of the mean input energy, for badly conditioned layers
-    iterations: int = 300  # most conjugate-gradient iterations per layer (stops earlier at `tolerance`)
-    tolerance: float = 1e-5  # stop when every row's residual norm is below this share of its starting value
+    num_images: int = knob(1024, "dreams used to build each layer's Gram matrices (the first ones of the set)")
+    batch_size: int = knob(128, "images per forward pass while collecting Gram matrices")
+    damping: float = knob(0.01, "ridge term as a share of the mean input energy, for badly conditioned layers")
+    iterations: int = knob(300, "most conjugate-gradient iterations per layer (stops earlier at the tolerance)")
+    tolerance: float = knob(1e-5, "stop when every row's residual norm is below this share of its starting value")
 
     def __post_init__(self) -> None:
-        for name in ("num_images", "batch_size", "iterations"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"reconstruction {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("damping", "tolerance"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"reconstruction {name} must be a finite number > 0, got {value!r}")
+        require_positive_int(self, "refit", "num_images", "batch_size", "iterations")
+        require_finite(self, "refit", "damping", "tolerance", positive=True)
 
 
 class _Reached(Exception):
@@ -87,15 +82,15 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, ...]:
     """Explicit zero padding of a convolution, also for ``padding="same"``/``"valid"``."""
     if layer.padding_mode != "zeros":
         raise ValueError(
-            f"reconstruction supports zero-padded convolutions only, not padding_mode={layer.padding_mode!r} "
-            f"in {layer}; turn reconstruction off for this model (Recipe(reconstruction=None))"
+            f"refit supports zero-padded convolutions only, not padding_mode={layer.padding_mode!r} "
+            f"in {layer}; turn the refit off for this model (Recipe(refit=None), --no-refit)"
         )
     if layer.padding == "valid":
         return (0, 0)
     if layer.padding == "same":
         total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
         if any(t % 2 for t in total):
-            raise ValueError(f"reconstruction does not support padding='same' with an even kernel in {layer}")
+            raise ValueError(f"refit does not support padding='same' with an even kernel in {layer}")
         return tuple(t // 2 for t in total)
     return tuple(layer.padding)  # type: ignore[arg-type]
 
@@ -157,8 +152,14 @@ def masked_least_squares(
 
 
 @torch.no_grad()
-def _refit(student: nn.Module, teacher: nn.Module, layer: nn.Module, reference: nn.Module, inputs: torch.Tensor,
-           config: ReconstructionConfig) -> None:  # fmt: skip
+def _refit_layer(
+    student: nn.Module,
+    teacher: nn.Module,
+    layer: nn.Module,
+    reference: nn.Module,
+    inputs: torch.Tensor,
+    config: RefitConfig,
+) -> None:
     """Refit one pruned ``layer`` of ``student`` in place against its counterpart ``reference`` in ``teacher``."""
     gram = cross = None
     for start in range(0, len(inputs), config.batch_size):
@@ -179,8 +180,8 @@ def _refit(student: nn.Module, teacher: nn.Module, layer: nn.Module, reference: 
     refit = refit.reshape(layer.weight.shape[0], -1).to(layer.weight.dtype)
     if not torch.isfinite(refit).all():
         raise FloatingPointError(
-            "reconstruction produced non-finite weights; raise the reconstruction damping "
-            f"(now {config.damping}) or turn reconstruction off"
+            f"refit produced non-finite weights; raise the refit damping (now {config.damping}) "
+            "or turn the refit off (--no-refit)"
         )
     if layer.bias is not None:
         layer.bias.copy_(refit[:, -1])
@@ -191,33 +192,33 @@ def _refit(student: nn.Module, teacher: nn.Module, layer: nn.Module, reference: 
 
 
 @dataclass
-class ReconstructionResult:
+class RefitResult:
     seconds: float
     accuracy: float | None = None  # of the refit student, when an evaluate_fn was given
 
 
-def iter_reconstruct(
+def iter_refit(
     student: nn.Module,
     teacher: nn.Module,
     images: torch.Tensor,
     normalization: Normalization,
-    config: ReconstructionConfig = ReconstructionConfig(),
+    config: RefitConfig = RefitConfig(),
     *,
     evaluate_fn: Callable[[nn.Module], float] | None = None,
     device: str | torch.device = "cpu",
-    stage: str = "reconstruct",
-) -> Generator[Event, None, ReconstructionResult]:
-    """Generator form of :func:`reconstruct`: one progress event per refit layer, then the refit
-    student's accuracy (``MetricLogged(stage, "accuracy")``) when ``evaluate_fn`` is given."""
+    stage: Stage = Stage.REFIT,
+) -> Generator[Event, None, RefitResult]:
+    """Generator form of :func:`refit`: one progress event per refit layer, then the refit student's
+    accuracy (a :class:`MetricLogged` of :attr:`Metric.CURVE_ACCURACY`) when ``evaluate_fn`` is given."""
     if images.dim() != 4 or len(images) == 0:
-        raise ValueError(f"reconstruction needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
+        raise ValueError(f"refit needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     device = torch.device(device)
     layers = [(name, m) for name, m in prunable_layers(student) if torch_prune.is_pruned(m)]
     references = dict(prunable_layers(teacher))
     missing = [name for name, m in layers if name not in references or references[name].weight.shape != m.weight.shape]
     if missing:
         raise ValueError(
-            f"reconstruction needs the student to be a pruned copy of the teacher; layer(s) {', '.join(missing)} "
+            f"refit needs the student to be a pruned copy of the teacher; layer(s) {', '.join(missing)} "
             "have no counterpart of the same shape in the teacher"
         )
     inputs = normalization.normalize(images[: config.num_images].to(device))
@@ -229,34 +230,34 @@ def iter_reconstruct(
     started = time.perf_counter()
     try:
         for i, (name, layer) in enumerate(layers, 1):
-            _refit(student, teacher, layer, references[name], inputs, config)
+            _refit_layer(student, teacher, layer, references[name], inputs, config)
             yield Progress(stage, i, len(layers))
     finally:
         student.train(student_mode)
         teacher.train(teacher_mode)
-    result = ReconstructionResult(time.perf_counter() - started)
+    result = RefitResult(time.perf_counter() - started)
     if evaluate_fn is not None:
         result.accuracy = evaluate_fn(student)
-        yield MetricLogged(stage, "accuracy", result.accuracy)
+        yield MetricLogged(stage, Metric.CURVE_ACCURACY, Network.REFIT, result.accuracy)
     yield StageFinished(stage, result.seconds, {"layers": len(layers)})
     return result
 
 
-def reconstruct(
+def refit(
     student: nn.Module,
     teacher: nn.Module,
     images: torch.Tensor,
     normalization: Normalization,
-    config: ReconstructionConfig = ReconstructionConfig(),
+    config: RefitConfig = RefitConfig(),
     *,
     device: str | torch.device = "cpu",
     evaluate_fn: Callable[[nn.Module], float] | None = None,
-    callback=None,
-) -> ReconstructionResult:
+    callback: Callable[[Event], None] | None = None,
+) -> RefitResult:
     """Refit the surviving weights of every pruned layer of ``student`` in place (pixels in [0, 1]).
 
     ``student`` must be a pruned copy of ``teacher`` (masks attached). ``evaluate_fn(student) ->
     accuracy`` is called once at the end; ``callback(event)`` sees every event.
     """
-    events = iter_reconstruct(student, teacher, images, normalization, config, evaluate_fn=evaluate_fn, device=device)
+    events = iter_refit(student, teacher, images, normalization, config, evaluate_fn=evaluate_fn, device=device)
     return drain(events, callback)

@@ -1,0 +1,61 @@
+"""The files of a finished run, written all or nothing (used by the CLI and the app alike)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .plots import dreams_figure, result_figure, sparsity_figure
+from .prune import clone_model, make_permanent
+from .zoo import save_checkpoint
+
+if TYPE_CHECKING:
+    from .pipeline import RecoveryResult
+
+__all__ = ["OUTPUT_FILES", "write_outputs"]
+
+OUTPUT_FILES = {
+    "report.json": "every accuracy, timing, setting and package version of the run",
+    "dreams.png": "a labelled grid of the dreams, one row per class",
+    "dreams.pt": "the dreams themselves (reuse them with --dreams)",
+    "curves.png": "accuracy per distillation epoch against the teacher, the pruned network and the baselines",
+    "sparsity.png": "the share of weights removed in every layer",
+    "student.pt": "the recovered student, pruning made permanent, loadable without flags",
+}
+
+
+def write_outputs(result: RecoveryResult, out: str | os.PathLike[str]) -> list[Path]:
+    """Write the files of :data:`OUTPUT_FILES` into ``out``; returns their paths.
+
+    Files are written to a scratch folder first and moved into ``out`` only when all succeeded.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (scratch / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
+        dreams_figure(result.dreams).savefig(scratch / "dreams.png", dpi=150)
+        result.dreams.save(scratch / "dreams.pt")
+        result_figure(result).savefig(scratch / "curves.png", dpi=120)
+        sparsity_figure(result.layers).savefig(scratch / "sparsity.png", dpi=120)
+        student = make_permanent(clone_model(result.student).cpu())
+        save_checkpoint(
+            scratch / "student.pt",
+            student,
+            result.teacher,
+            sparsity=result.sparsity,
+            recovered_acc=result.recovered_acc,
+            teacher_source=result.config.teacher,
+        )
+        out.mkdir(exist_ok=True)
+        written = []
+        for name in OUTPUT_FILES:
+            os.replace(scratch / name, out / name)
+            written.append(out / name)
+        return written
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -18,6 +18,7 @@ Example::
     print(result.teacher_acc, result.pruned_acc, result.recovered_acc)
 """
 
+from ._knobs import help_of
 from ._version import __version__
 from .architectures import create_model, list_architectures
 from .data import ImageSet, load_eval_set
@@ -75,6 +76,7 @@ __all__ = [
     "dream",
     "evaluate",
     "get_preset",
+    "help_of",
     "iter_distill",
     "iter_dream",
     "iter_refit",

@@ -30,7 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._knobs import knob, require_finite, require_positive_int
-from .events import Event, ImagesReady, Progress, Stage, StageFinished, StageStarted, drain
+from .events import (
+    Event,
+    ImagesReady,
+    Metric,
+    MetricLogged,
+    Network,
+    Progress,
+    Stage,
+    StageFinished,
+    StageStarted,
+    drain,
+)
 from .zoo import Teacher
 
 log = logging.getLogger(__name__)
@@ -550,6 +561,7 @@ def iter_dream(
     seconds = time.perf_counter() - started
     top1 = 100.0 * correct / config.num_images
     dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds)
+    yield MetricLogged(stage, Metric.DREAM_TOP1, Network.TEACHER, top1)
     yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1})
     return dreams
 

@@ -302,9 +302,9 @@ def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[
         dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=run.config.seed)
     else:
         yield StageStarted(Stage.DREAM, 0, f"reusing {len(dreams)} dreams made earlier")
+        yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
         yield StageFinished(Stage.DREAM, 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
     run.timings[Stage.DREAM] = dreams.seconds
-    yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
     return dreams
 
 

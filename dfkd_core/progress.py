@@ -41,12 +41,11 @@ class ProgressBars:
             return
         elif isinstance(event, StageStarted):
             self.close()
+            self.write(f"[{event.stage}] {event.description}")
             if event.total:
                 self.bar = self._tqdm(
                     total=event.total, desc=str(event.stage), unit="step", file=self.file, dynamic_ncols=True
                 )
-            else:
-                self.write(f"[{event.stage}] {event.description}")
         elif isinstance(event, Progress) and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             if event.metrics:

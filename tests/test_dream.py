@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_core import DreamSet, ImagesReady, DreamConfig, Progress, create_model, dream
+from dfkd_core import DreamConfig, DreamSet, ImagesReady, Progress, create_model, dream
 from dfkd_core.dream import _BNStatisticsLoss, _ChannelMoments, _jittered, _Ones, _smoothness_prior, total_variation
 from dfkd_core.zoo import CIFAR10, Teacher
 

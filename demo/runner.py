@@ -24,16 +24,34 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
-from dfkd_core.cli import write_outputs
+from dfkd_core import (
+    Event,
+    Finished,
+    ImagesReady,
+    Network,
+    Progress,
+    RecoveryConfig,
+    RecoveryResult,
+    recover,
+    with_overrides,
+)
 from dfkd_core.data import default_data_dir, load_eval_set
-from dfkd_core.events import Event, Finished, ImagesReady, Progress
-from dfkd_core.pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, recover, with_overrides
+from dfkd_core.outputs import write_outputs
 from dfkd_core.prune import count_nonzero_parameters
-from dfkd_core.zoo import get_pretrained, list_teachers, load_teacher, save_checkpoint
+from dfkd_core.zoo import (
+    CHECKPOINT_SUFFIXES,
+    FAMILIES,
+    cached_weights_path,
+    get_pretrained,
+    list_teachers,
+    load_teacher,
+    save_checkpoint,
+)
+
+from .settings import BUDGETS, InputError, Settings
 
 try:  # Hugging Face ZeroGPU: present on Spaces, absent (and not needed) everywhere else
     import spaces
@@ -41,153 +59,66 @@ except ImportError:
     spaces = None
 
 __all__ = [
-    "BUDGETS",
-    "Budget",
     "Failure",
-    "InputError",
     "Outcome",
-    "RunSettings",
+    "RunPlan",
     "find_local_teachers",
     "friendly_error",
-    "parse_settings",
     "preparations",
     "stream_run",
     "teacher_choices",
+    "teacher_label",
+    "teacher_option",
 ]
 
 log = logging.getLogger("dfkd.demo")
 
-FAMILIES = ("ResNet", "VGG", "MobileNet")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th")
 UPDATE_INTERVAL_S = 1.0  # at most one progress and one image update per this many seconds
 DREAMS_PER_CLASS = 9  # dreams of each class the page shows (a 3 x 3 tile)
 DOWNLOADS = ("student.pt", "dreams.png", "dreams.pt", "report.json")  # offered for download, in this order
 
 
 @dataclass(frozen=True)
-class Budget:
-    """A preset of the app: a recipe of :mod:`dfkd_core` plus how finely the live curve is measured."""
+class RunPlan:
+    """Everything one run needs: the user's settings and where the app runs them.
 
-    name: str
-    recipe: Recipe
-    curve_per_class: int  # live accuracy on this many test images per class (the final numbers use all)
-    gpu_seconds: int  # ZeroGPU allocation for the preset's own recipe, scaled with the recipe knobs
-    purpose: str
+    Plain values only (picklable), so a plan can cross into a ZeroGPU worker.
+    """
 
-    def describe(self) -> str:
-        inv, kd = self.recipe.inversion, self.recipe.distill
-        return f"{self.name}: {inv.num_images:,} dreams x {inv.steps} steps, {kd.epochs} KD epochs ({self.purpose})"
-
-
-BUDGETS: dict[str, Budget] = {
-    "Quick": Budget("Quick", PRESETS["preview"], 100, 120, "for a CPU"),
-    "Standard": Budget("Standard", PRESETS["default"], 200, 300, "the recommended recipe"),
-    "Full": Budget("Full", PRESETS["best"], 200, 750, "the most accurate recipe; for a GPU"),
-}
-
-
-class InputError(ValueError):
-    """A control holds a value the run cannot use; the message names the control in plain words."""
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything one run needs, as plain values (picklable, so it can cross into a ZeroGPU worker)."""
-
-    teacher: str  # registry id or local checkpoint path
+    settings: Settings
     data: str  # evaluation data: "cifar10" or an ImageFolder root
-    sparsity: float
-    budget: str  # a key of BUDGETS
-    num_images: int
-    steps: int
-    epochs: int
-    temperature: float
-    r_bn: float
-    tv: float  # L2 total-variation weight of the dreams
-    adi: float  # Adaptive DeepInversion weight
-    seed: int
     device: str = "auto"
-    preview_every: int = 10  # inversion steps between dream snapshots
+    preview_every: int = 10  # dreaming steps between dream snapshots
     update_interval: float = UPDATE_INTERVAL_S  # seconds between two progress (or two image) updates
     out_dir: str = ""  # where the downloads are written
 
     def config(self) -> RecoveryConfig:
-        """The pipeline configuration: the budget's recipe with the Advanced knobs applied."""
-        budget = BUDGETS[self.budget]
-        recipe = with_overrides(
-            budget.recipe,
-            {"num_images": self.num_images, "steps": self.steps, "r_bn": self.r_bn, "tv_l2": self.tv,
-             "adi": self.adi, "preview_every": self.preview_every},
-            {"epochs": self.epochs, "temperature": self.temperature},
-        )  # fmt: skip
+        """The pipeline configuration: the budget's recipe with the user's controls applied."""
+        settings = self.settings
         return RecoveryConfig(
-            teacher=self.teacher, data=self.data, sparsity=self.sparsity, recipe=recipe, baselines=("noise",),
-            curve_per_class=budget.curve_per_class, eval_per_class=0, device=self.device, seed=self.seed,
-        )  # fmt: skip
-
-
-def _number(value: Any, label: str) -> float:
-    if value is None or value == "":
-        raise InputError(f"{label} is empty: enter a number.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{label} must be a number, got {value!r}.") from None
-    if not math.isfinite(number):
-        raise InputError(f"{label} must be a finite number, got {value!r}.")
-    return number
-
-
-def _whole(value: Any, label: str, low: int, high: int) -> int:
-    number = _number(value, label)
-    if number != int(number) or not low <= number <= high:
-        raise InputError(f"{label} must be a whole number from {low:,} to {high:,}, got {value!r}.")
-    return int(number)
-
-
-def _weight(value: Any, label: str, *, positive: bool = False) -> float:
-    number = _number(value, label)
-    if number < 0 or (positive and number == 0):
-        raise InputError(f"{label} must be {'above' if positive else 'at least'} 0, got {value!r}.")
-    return number
-
-
-def parse_settings(
-    teacher: Any, sparsity: Any, budget: Any, num_images: Any, steps: Any, epochs: Any, temperature: Any,
-    r_bn: Any, tv: Any, adi: Any, seed: Any, *, allowed_teachers: Iterable[str], data: str, device: str,
-    preview_every: int, update_interval: float = UPDATE_INTERVAL_S, out_dir: str = "",
-) -> RunSettings:  # fmt: skip
-    """Check the controls' values and name the first bad one in plain words (:class:`InputError`)."""
-    allowed = list(allowed_teachers)
-    if not teacher:
-        raise InputError("Pick a teacher from the list first.")
-    if teacher not in allowed:
-        raise InputError(f"Unknown teacher {teacher!r}: pick one from the list.")
-    share = _number(sparsity, "Sparsity")
-    if not 0.0 <= share <= 0.95:
-        raise InputError(f"Sparsity is the fraction of weights to remove: choose it from 0 to 0.95, got {sparsity!r}.")
-    if budget not in BUDGETS:
-        raise InputError(f"Unknown budget {budget!r}: choose {', '.join(BUDGETS)}.")
-    return RunSettings(
-        teacher=teacher, data=data, sparsity=share, budget=budget,
-        num_images=_whole(num_images, "Dream count", 1, 65_536), steps=_whole(steps, "Inversion steps", 1, 20_000),
-        epochs=_whole(epochs, "KD epochs", 1, 1_000), temperature=_weight(temperature, "KD temperature", positive=True),
-        r_bn=_weight(r_bn, "BatchNorm weight (r_bn)"), tv=_weight(tv, "TV weight"), adi=_weight(adi, "ADI weight"),
-        seed=_whole(seed, "Seed", 0, 2**31 - 1), device=device, preview_every=preview_every,
-        update_interval=update_interval, out_dir=out_dir,
-    )  # fmt: skip
+            teacher=settings.teacher,
+            data=self.data,
+            sparsity=settings.sparsity,
+            recipe=with_overrides(settings.recipe(), dream={"preview_every": self.preview_every}),
+            baselines=("noise",),
+            curve_per_class=BUDGETS[settings.budget].curve_per_class,
+            eval_per_class=0,
+            device=self.device,
+            seed=settings.seed,
+        )
 
 
 # --- teachers --------------------------------------------------------------------------------------------
 
 
 def find_local_teachers(entries: Iterable[str]) -> list[Path]:
-    """Checkpoint files named by ``entries``: files as they are, folders by their *.pt/*.pth/*.th files."""
+    """Checkpoint files named by ``entries``: files as they are, folders by their checkpoint files
+    (those ending in one of :data:`dfkd_core.zoo.CHECKPOINT_SUFFIXES`)."""
     found: list[Path] = []
     for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+            found += sorted(p for p in path.iterdir() if p.name.endswith(CHECKPOINT_SUFFIXES) and p.is_file())
         elif path.is_file():
             found.append(path)
         else:
@@ -203,6 +134,14 @@ def teacher_choices(local: Iterable[Path]) -> list[tuple[str, str]]:
     return choices + [(f"Local · {p.name}", str(p)) for p in local]
 
 
+def teacher_option(teacher: str) -> tuple[tuple[Path, ...], str]:
+    """A script's ``--teacher`` (registry id or checkpoint path) as (local checkpoints to offer, the choice)."""
+    if Path(teacher).expanduser().is_file():
+        local = tuple(find_local_teachers([teacher]))
+        return local, str(local[0])
+    return (), teacher
+
+
 def teacher_label(teacher: str) -> str:
     """A short name for titles: the registry id, or a checkpoint's file name."""
     return teacher if teacher in list_teachers() else Path(teacher).name
@@ -211,23 +150,19 @@ def teacher_label(teacher: str) -> str:
 # --- preparing, running, reporting ----------------------------------------------------------------------
 
 
-def preparations(settings: RunSettings) -> list[tuple[str, Callable[[], object]]]:
+def preparations(plan: RunPlan) -> list[tuple[str, Callable[[], object]]]:
     """Downloads a run needs first, as (message, action): done on the CPU side, before any GPU is taken."""
     steps: list[tuple[str, Callable[[], object]]] = []
-    if settings.teacher in list_teachers():
-        record = get_pretrained(settings.teacher)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(record.url).path).name
+    teacher = plan.settings.teacher
+    if teacher in list_teachers():
+        cached = cached_weights_path(get_pretrained(teacher))
         if not cached.is_file():
-            steps.append((
-                f"Downloading the weights of {settings.teacher} into {cached.parent} (first use only)...",
-                lambda: load_teacher(settings.teacher, progress=False),
-            ))  # fmt: skip
+            message = f"Downloading the weights of {teacher} into {cached.parent} (first use only)..."
+            steps.append((message, lambda: load_teacher(teacher, progress=False)))
     cifar = default_data_dir() / "cifar10"
-    if settings.data.lower() == "cifar10" and not (cifar / "cifar-10-batches-py").is_dir():
-        steps.append((
-            f"Downloading CIFAR-10 (about 170 MB) into {cifar} (first use only)...",
-            lambda: load_eval_set("cifar10"),
-        ))  # fmt: skip
+    if plan.data.lower() == "cifar10" and not (cifar / "cifar-10-batches-py").is_dir():
+        message = f"Downloading CIFAR-10 (about 170 MB) into {cifar} (first use only)..."
+        steps.append((message, lambda: load_eval_set("cifar10")))
     return steps
 
 
@@ -245,10 +180,10 @@ class Outcome:
     teacher_acc: float  # full test split
     pruned_acc: float
     recovered_acc: float
-    reconstructed_acc: float | None  # after the layer-wise refit, before distillation (None = no refit)
+    refit_acc: float | None  # after the layer-wise refit, before distillation (None = no refit)
     noise_acc: float | None
     curve: tuple[tuple[int, float], ...]  # (epoch, accuracy on the live subset)
-    curve_references: dict[str, float]  # teacher and pruned accuracy on the live subset
+    curve_references: dict[str, float]  # by Network value: teacher, pruned, refit, noise on the live subset
     eval_images: int
     full_split: bool
     sparsity: float
@@ -268,6 +203,7 @@ def _sizes(path: Path) -> tuple[int, int]:
 
 
 def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
+    """The numbers and downloads of a finished run; the teacher is saved once only to measure its size."""
     written = {p.name: p for p in write_outputs(result, out_dir)}
     teacher_file = save_checkpoint(out_dir / ".teacher-for-size.pt", result.teacher.model, result.teacher)
     try:
@@ -276,15 +212,24 @@ def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
         teacher_file.unlink(missing_ok=True)
     student_bytes, student_zipped = _sizes(written["student.pt"])
     return Outcome(
-        teacher_acc=result.teacher_acc, pruned_acc=result.pruned_acc, recovered_acc=result.recovered_acc,
-        reconstructed_acc=result.reconstructed_acc, noise_acc=result.baselines.get("noise"), curve=tuple(result.curve),
-        curve_references=dict(result.curve_references), eval_images=int(result.eval_info["num_images"]),
-        full_split=bool(result.eval_info["full_split"]), sparsity=result.sparsity,
+        teacher_acc=result.teacher_acc,
+        pruned_acc=result.pruned_acc,
+        recovered_acc=result.recovered_acc,
+        refit_acc=result.refit_acc,
+        noise_acc=result.baselines.get(Network.NOISE),
+        curve=tuple(result.curve),
+        curve_references=dict(result.curve_references),
+        eval_images=int(result.eval_info["num_images"]),
+        full_split=bool(result.eval_info["full_split"]),
+        sparsity=result.sparsity,
         teacher_nonzero=count_nonzero_parameters(result.teacher.model),
-        student_nonzero=count_nonzero_parameters(result.student), teacher_bytes=teacher_bytes,
-        teacher_zipped=teacher_zipped, student_bytes=student_bytes, student_zipped=student_zipped,
+        student_nonzero=count_nonzero_parameters(result.student),
+        teacher_bytes=teacher_bytes,
+        teacher_zipped=teacher_zipped,
+        student_bytes=student_bytes,
+        student_zipped=student_zipped,
         files=tuple(str(written[name]) for name in DOWNLOADS if name in written),
-    )  # fmt: skip
+    )
 
 
 class _Thinner:
@@ -319,7 +264,8 @@ def friendly_error(err: BaseException) -> str:
     if isinstance(err, InputError):
         return text
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text.lower():
-        return "The run ran out of memory. Choose a smaller budget (Quick) or fewer dreams, then press Run again."
+        smallest = next(iter(BUDGETS.values())).label
+        return f"The run ran out of memory. Choose a smaller budget ({smallest}) or fewer dreams, then press Run again."
     if isinstance(err, FloatingPointError):
         return (
             f"The optimization diverged: {text}. Go back to the budget's values "
@@ -331,7 +277,7 @@ def friendly_error(err: BaseException) -> str:
     return f"Something unexpected went wrong ({type(err).__name__}: {first}). The server log has the details."
 
 
-def stream_run(settings: RunSettings) -> Iterator[Event | Outcome | Failure]:
+def stream_run(plan: RunPlan) -> Iterator[Event | Outcome | Failure]:
     """Run one recovery: yield its events (CPU data only, thinned) and end with an Outcome or a Failure.
 
     Closing this generator (Stop, or a closed tab) closes the pipeline's generator, which
@@ -339,11 +285,11 @@ def stream_run(settings: RunSettings) -> Iterator[Event | Outcome | Failure]:
     """
     pipeline = None
     try:
-        pipeline = recover(settings.config())
-        thinner = _Thinner(settings.update_interval)
+        pipeline = recover(plan.config())
+        thinner = _Thinner(plan.update_interval)
         for event in pipeline:
             if isinstance(event, Finished):
-                yield _outcome(event.result, Path(settings.out_dir))
+                yield _outcome(event.result, Path(plan.out_dir))
             elif thinner.keep(event):
                 yield _latest_dreams(event) if isinstance(event, ImagesReady) else event
     except Exception as err:  # everything the user should read about; tracebacks go to the log
@@ -359,12 +305,13 @@ def stream_run(settings: RunSettings) -> Iterator[Event | Outcome | Failure]:
             torch.cuda.empty_cache()
 
 
-def _gpu_seconds(settings: RunSettings, *args: Any, **kwargs: Any) -> int:
-    """ZeroGPU allocation: the budget's own, scaled by how much more work the Advanced knobs ask for."""
+def _gpu_seconds(plan: RunPlan, *args: Any, **kwargs: Any) -> int:
+    """ZeroGPU allocation: the budget's own, scaled by how much more work the Advanced controls ask for."""
+    settings = plan.settings
     budget = BUDGETS[settings.budget]
-    inv, kd = budget.recipe.inversion, budget.recipe.distill
+    dream, distill = budget.recipe.dream, budget.recipe.distill
     planned = settings.num_images * (settings.steps + 2 * settings.epochs)
-    preset = inv.num_images * (inv.steps + 2 * kd.epochs)
+    preset = dream.num_images * (dream.steps + 2 * distill.epochs)
     return int(min(900, max(60, budget.gpu_seconds * planned / preset)))
 
 

@@ -17,35 +17,77 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from dfkd_core.events import Event, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
+from dfkd_core import (
+    Event,
+    ImagesReady,
+    Metric,
+    MetricLogged,
+    Network,
+    Notice,
+    Progress,
+    Stage,
+    StageFinished,
+    StageStarted,
+)
 from dfkd_core.plots import curves_figure, sparsity_figure
 
 from .runner import DREAMS_PER_CLASS, Outcome
 
-__all__ = ["STAGES", "LiveView", "dream_tiles", "format_bytes", "format_seconds", "loss_figure"]
+__all__ = [
+    "OUTPUTS",
+    "STAGES",
+    "SUMMARY_HEADERS",
+    "LiveView",
+    "dream_tiles",
+    "format_bytes",
+    "format_seconds",
+    "loss_figure",
+    "output_index",
+]
 
 # The stages of dfkd_core.recover() in order, as a newcomer would name them.
-STAGES = {
-    "load": "Loading the teacher and the test images",
-    "prune": "Pruning: removing the smallest weights",
-    "synthesize": "Dreaming images out of the teacher's BatchNorm statistics",
-    "reconstruct": "Reconstruction: refitting each pruned layer to the teacher's on the dreams",
-    "distill": "Distilling: the pruned student learns from the teacher on the dreams",
-    "baseline_noise_reconstruct": "Baseline: the same reconstruction on random noise",
-    "baseline_noise": "Baseline: the same distillation on random noise",
-    "evaluate": "Final accuracy on the full test split",
+STAGES: dict[Stage, str] = {
+    Stage.LOAD: "Loading the teacher and the test images",
+    Stage.PRUNE: "Pruning: removing the smallest weights",
+    Stage.DREAM: "Dreaming images out of the teacher's BatchNorm statistics",
+    Stage.REFIT: "Refit: each pruned layer refit to the teacher's outputs on the dreams",
+    Stage.DISTILL: "Distillation: the pruned student learns from the teacher on the dreams",
+    Stage.BASELINE: "Baseline: the same recipe on random noise",
+    Stage.EVALUATE: "Final accuracy on the full test split",
+}
+# What a run shows, in the order the Run event returns it: output name -> what it is. The Run button
+# comes last: Gradio's API does not send buttons, so every other output keeps its position for clients.
+OUTPUTS: dict[str, str] = {
+    "status": "the stage, a progress bar, the time and what was found so far",
+    "dreams": "one tile of the latest dreams per class",
+    "losses": "the dreaming losses against the step",
+    "accuracy": "the student's live accuracy per distillation epoch, with the teacher, pruned and noise levels",
+    "log": "the live accuracy per epoch, as a table",
+    "layers": "the share of weights removed per layer",
+    "summary": "accuracy, nonzero parameters and checkpoint size of every network",
+    "files": "the downloads",
+    "run": "the Run button, disabled while a run goes on",
 }
 LOSS_NAMES = {"loss": "total", "ce": "class (cross-entropy)", "bn": "BatchNorm statistics"}
 LOSS_REFRESH_S = 5.0  # seconds between redraws of the loss plot while dreams form (drawn again at the end)
 SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "checkpoint size", "zipped"]
 
 
+def output_index(name: str) -> int:
+    """Where output ``name`` sits in each streamed step a /run API client receives."""
+    if name == "run":
+        raise ValueError("the Run button is not sent to API clients")
+    return list(OUTPUTS).index(name)
+
+
 def format_seconds(seconds: float) -> str:
+    """``m:ss``, for the elapsed and remaining time."""
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def format_bytes(count: int) -> str:
+    """A file size in kB or MB."""
     return f"{count / 1e6:.2f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
 
 
@@ -79,7 +121,7 @@ def dream_tiles(
 
 
 def loss_figure(history: list[tuple[int, dict[str, float]]]) -> Figure:
-    """The inversion losses against the step, on a log scale (they fall by orders of magnitude)."""
+    """The dreaming losses against the step, on a log scale (they fall by orders of magnitude)."""
     fig = Figure(figsize=(6.4, 3.4), layout="constrained")
     ax = fig.add_subplot()
     steps = [s for s, _ in history]
@@ -88,7 +130,7 @@ def loss_figure(history: list[tuple[int, dict[str, float]]]) -> Figure:
         if len(values) == len(steps) and values:
             ax.plot(steps, values, label=label, linewidth=1.5)
     ax.set_yscale("log")
-    ax.set_xlabel("inversion step")
+    ax.set_xlabel("dreaming step")
     ax.set_ylabel("loss (log scale)")
     ax.set_title("Dream losses (lower is better)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -100,21 +142,21 @@ def loss_figure(history: list[tuple[int, dict[str, float]]]) -> Figure:
 class LiveView:
     """The display state of one run. ``apply(item)`` returns ``{output name: new value}`` for what changed.
 
-    Output names: ``dreams``, ``losses``, ``accuracy``, ``log``, ``sparsity``, ``summary``,
-    ``files``, ``status`` and ``warning`` (a message for a pop-up).
+    Output names: those of :data:`OUTPUTS`, and ``warning`` (a message for a pop-up).
     """
 
     def __init__(self, title: str, sparsity: float, epochs: int, device: str, refit: bool = True):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
-        self.stages = tuple(s for s in STAGES if refit or not s.endswith("reconstruct"))  # those this run has
+        self.stages = tuple(s for s in STAGES if refit or s is not Stage.REFIT)  # those this run has
         self.started = time.perf_counter()
         self.losses_drawn = -math.inf
-        self.stage, self.stage_started, self.step, self.total = "", self.started, 0, 0
+        self.stage: Stage | None = None
+        self.stage_started, self.step, self.total = self.started, 0, 0
         self.note = "Starting..."
         self.story: list[str] = []  # one line per finding, in the order the run makes them
-        self.references: dict[str, float] = {}
+        self.references: dict[Network, float] = {}  # teacher and pruned accuracy on the live subset
         self.curve: list[tuple[int, float]] = []
-        self.noise: float | None = None  # KD-on-noise accuracy on the live subset, known at the end
+        self.noise: float | None = None  # the noise baseline's accuracy on the live subset, known at the end
         self.losses: list[tuple[int, dict[str, float]]] = []
         self.curve_images = self.eval_images = 0
         self.state = "running"  # "running", "done", "stopped" or "failed"
@@ -122,6 +164,7 @@ class LiveView:
     # --- events in ---------------------------------------------------------------------------------------
 
     def apply(self, item: Event | Outcome) -> dict[str, Any]:
+        """Take one event (or the final outcome) in; return the outputs it changed."""
         if isinstance(item, Outcome):
             return self._finish(item)
         if isinstance(item, StageStarted):
@@ -130,7 +173,7 @@ class LiveView:
             return {"status": self.status()}
         if isinstance(item, Progress):
             self.step, self.total = item.step, item.total
-            if item.stage == "synthesize" and item.metrics:
+            if item.stage is Stage.DREAM and item.metrics:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
@@ -148,38 +191,39 @@ class LiveView:
         return {}
 
     def _metric(self, item: MetricLogged) -> dict[str, Any]:
-        if item.name in ("teacher_curve_accuracy", "pruned_curve_accuracy"):
-            self.references[item.name.split("_")[0]] = item.value
-            return {}
-        if item.stage == "synthesize" and item.name == "teacher_top1_on_dreams":
-            self.story.append(f"The teacher labels {item.value:.0f}% of the dreams as the class they were dreamed for.")
-            return {"status": self.status()}
-        if item.stage == "reconstruct" and item.name == "accuracy":
-            pruned = self.references.get("pruned")
-            before = f" from {pruned:.1f}%" if pruned is not None else ""
-            self.story.append(
-                f"Refitting the surviving weights layer by layer lifted accuracy{before} to {item.value:.1f}%."
-            )
-            return {"status": self.status()}
-        if item.stage == "distill" and item.name == "accuracy":
-            self.curve.append((item.step, item.value))
-            return {"accuracy": self.accuracy_figure(), "log": self.log_rows(), "status": self.status()}
-        if item.name == "noise_curve_accuracy":  # on the live subset, like the rest of the plot
-            self.noise = item.value
-            return {"accuracy": self.accuracy_figure()}
-        if item.name == "noise_accuracy":
-            self.story.append(f"The same distillation on random noise reaches {item.value:.1f}% (full test split).")
-            return {"status": self.status()}
+        match (item.metric, item.network):
+            case (Metric.CURVE_ACCURACY, Network.TEACHER | Network.PRUNED):
+                self.references[item.network] = item.value
+                return {}
+            case (Metric.DREAM_TOP1, Network.TEACHER):
+                self.story.append(
+                    f"The teacher labels {item.value:.0f}% of the dreams as the class they were dreamed for."
+                )
+                return {"status": self.status()}
+            case (Metric.CURVE_ACCURACY, Network.REFIT):
+                pruned = self.references.get(Network.PRUNED)
+                before = f" from {pruned:.1f}%" if pruned is not None else ""
+                self.story.append(f"The refit of the surviving weights lifted accuracy{before} to {item.value:.1f}%.")
+                return {"status": self.status()}
+            case (Metric.CURVE_ACCURACY, Network.RECOVERED):
+                self.curve.append((item.step, item.value))
+                return {"accuracy": self.accuracy_figure(), "log": self.log_rows(), "status": self.status()}
+            case (Metric.CURVE_ACCURACY, Network.NOISE):  # on the live subset, like the rest of the plot
+                self.noise = item.value
+                return {"accuracy": self.accuracy_figure()}
+            case (Metric.ACCURACY, Network.NOISE):
+                self.story.append(f"The same recipe on random noise reaches {item.value:.1f}% (full test split).")
+                return {"status": self.status()}
         return {}
 
     def _stage_finished(self, item: StageFinished) -> dict[str, Any]:
-        if item.stage == "load":
+        if item.stage is Stage.LOAD:
             self.curve_images = int(item.summary.get("curve_images", 0))
             self.eval_images = int(item.summary.get("eval_images", 0))
             return {"status": self.status()}
-        if item.stage == "prune":
+        if item.stage is Stage.PRUNE:
             self.sparsity = float(item.summary.get("sparsity", self.sparsity))
-            teacher, pruned = self.references.get("teacher"), self.references.get("pruned")
+            teacher, pruned = self.references.get(Network.TEACHER), self.references.get(Network.PRUNED)
             if teacher is not None and pruned is not None:
                 self.story.append(
                     f"Pruning removed {self.sparsity:.0%} of the weights: accuracy fell from {teacher:.1f}% "
@@ -187,11 +231,11 @@ class LiveView:
                 )
             changed: dict[str, Any] = {"status": self.status(), "accuracy": self.accuracy_figure()}
             if "layers" in item.summary:
-                changed["sparsity"] = sparsity_figure(item.summary["layers"])
+                changed["layers"] = sparsity_figure(item.summary["layers"])
             return changed
-        if item.stage == "synthesize":
+        if item.stage is Stage.DREAM:
             return {"losses": loss_figure(self.losses)} if self.losses else {}
-        if item.stage == "distill" and len(self.curve) > 1:
+        if item.stage is Stage.DISTILL and len(self.curve) > 1:
             start, end = self.curve[0][1], self.curve[-1][1]
             self.story.append(
                 f"Distillation on the dreams: {start:.1f}% -> {end:.1f}% after {self.curve[-1][0]} epochs."
@@ -201,7 +245,7 @@ class LiveView:
 
     def _finish(self, outcome: Outcome) -> dict[str, Any]:
         self.state = "done"
-        self.noise = outcome.curve_references.get("noise")  # on the live subset, like the rest of the plot
+        self.noise = outcome.curve_references.get(Network.NOISE)  # on the live subset, like the rest of the plot
         self.curve = list(outcome.curve)
         split = "full test split" if outcome.full_split else "test subset"
         line = (
@@ -220,25 +264,29 @@ class LiveView:
         }
 
     def stopped(self) -> dict[str, Any]:
+        """The outputs that change when the user stops the run."""
         self.state, self.note = "stopped", "Press Run to start again."
         return {"status": self.status()}
 
     def failed(self, message: str) -> dict[str, Any]:
+        """The outputs that change when the run fails with ``message`` (plain words)."""
         self.state, self.note = "failed", message
         return {"status": self.status()}
 
     # --- outputs -----------------------------------------------------------------------------------------
 
     def accuracy_figure(self) -> Figure | None:
-        if "teacher" not in self.references or "pruned" not in self.references:
+        """The live curve against the teacher, pruned and noise levels (None until pruning measured them)."""
+        teacher, pruned = self.references.get(Network.TEACHER), self.references.get(Network.PRUNED)
+        if teacher is None or pruned is None:
             return None
         where = f"live accuracy on {self.curve_images:,} test images" if self.curve_images else "live accuracy"
         subtitle = f"{self.title} at {self.sparsity:.0%} sparsity, {where}"
-        baselines = {"noise": self.noise} if self.noise is not None else None
-        return curves_figure(self.curve, self.references["teacher"], self.references["pruned"], baselines,
-                             epochs=self.epochs, subtitle=subtitle)  # fmt: skip
+        baselines = {str(Network.NOISE): self.noise} if self.noise is not None else None
+        return curves_figure(self.curve, teacher, pruned, baselines, epochs=self.epochs, subtitle=subtitle)
 
     def log_rows(self) -> list[list[float]]:
+        """The live curve as table rows: epoch, accuracy (%)."""
         return [[epoch, round(accuracy, 2)] for epoch, accuracy in self.curve]
 
     def status(self) -> str:
@@ -285,12 +333,14 @@ def summary_rows(outcome: Outcome) -> list[list[str]]:
 
     student = f"{outcome.student_nonzero:,}"
     size = format_bytes(outcome.student_bytes)
-    return [
-        ["Teacher (dense)", pct(outcome.teacher_acc), f"{outcome.teacher_nonzero:,}",
-         format_bytes(outcome.teacher_bytes), format_bytes(outcome.teacher_zipped)],
+    teacher_size = format_bytes(outcome.teacher_bytes), format_bytes(outcome.teacher_zipped)
+    rows = [
+        ["Teacher (dense)", pct(outcome.teacher_acc), f"{outcome.teacher_nonzero:,}", *teacher_size],
         ["Pruned, no recovery", pct(outcome.pruned_acc), student, size, "-"],
-        *([["Refit on dreams, before KD", pct(outcome.reconstructed_acc), student, size, "-"]]
-          if outcome.reconstructed_acc is not None else []),
-        ["Recovered: KD on dreams", pct(outcome.recovered_acc), student, size, format_bytes(outcome.student_zipped)],
-        ["Baseline: same recipe on noise", pct(outcome.noise_acc), student, size, "-"],
-    ]  # fmt: skip
+    ]
+    if outcome.refit_acc is not None:
+        rows.append(["Refit on dreams, before distillation", pct(outcome.refit_acc), student, size, "-"])
+    recovered_zipped = format_bytes(outcome.student_zipped)
+    rows.append(["Recovered: distillation on dreams", pct(outcome.recovered_acc), student, size, recovered_zipped])
+    rows.append(["Baseline: same recipe on noise", pct(outcome.noise_acc), student, size, "-"])
+    return rows

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from .test_demo import served, tiny_options
+from demo.screenshot import CHROMIUM_ARGS
+from demo.settings import BUDGETS, CONTROLS
+
+from .test_demo import STAGE_COUNT, served, tiny_options
 
 CHROMIUM = Path(os.environ.get("DFKD_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ID = {control.name: f"#{control.elem_id}" for control in CONTROLS}  # the controls' HTML ids, from the table
 
 
 @pytest.fixture
@@ -41,20 +43,20 @@ def test_page_runs_shows_dreams_and_stops(chromium, teacher_checkpoint, image_ro
             page.goto(client.src)
             expect(page.get_by_text("Give a pruned network its accuracy back")).to_be_visible(timeout=30_000)
 
-            sparsity = page.locator("#sparsity input[type=number]")
+            sparsity = page.locator(f"{ID['sparsity']} input[type=number]")
             sparsity.fill("0.6")
             sparsity.press("Enter")
-            page.locator("#budget").get_by_label("Quick").check()
+            page.locator(ID["budget"]).get_by_label(BUDGETS["quick"].label).check()
             page.get_by_text("Advanced: the recipe").click()
-            page.locator("#dream-count input").fill("30")
-            page.locator("#steps input").fill("5000")  # long enough to press Stop mid-run
-            page.locator("#epochs input").fill("1")
+            page.locator(f"{ID['num_images']} input").fill("30")
+            page.locator(f"{ID['steps']} input").fill("5000")  # long enough to press Stop mid-run
+            page.locator(f"{ID['epochs']} input").fill("1")
             page.locator("#run").click()
 
             first_dream = page.locator("#dreams img").first
             expect(first_dream).to_be_visible(timeout=60_000)
             expect(page.locator("#dreams")).to_contain_text("airplane")
-            expect(page.locator("#status")).to_contain_text("Stage 3 of 8")
+            expect(page.locator("#status")).to_contain_text(f"Stage 3 of {STAGE_COUNT}")
             expect(page.locator("#run")).to_be_disabled()
             shot = page.screenshot(path=str(artifacts / "app-first-dreams.png"), full_page=True)
             assert len(shot) > 10_000

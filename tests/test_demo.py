@@ -7,9 +7,9 @@ a fair claim); the others use a generated teacher, so they run anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
-import socket
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -25,46 +25,50 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from demo.app import AppOptions, create_app, knob_values
-from dfkd_core import load_checkpoint
+from demo.app import AppOptions, build_app, serve_locally
+from demo.settings import (
+    BUDGETS,
+    CONTROL_NAMES,
+    CONTROLS,
+    RECIPE_CONTROLS,
+    InputError,
+    Settings,
+    by_name,
+    default_values,
+    parse_settings,
+    recipe_values,
+)
+from demo.views import OUTPUTS, STAGES, LiveView, output_index
+from dfkd_core import PRESETS, Stage, load_checkpoint
 from dfkd_core.prune import measured_sparsity
 from dfkd_core.zoo import CIFAR10_CLASSES
 
 from .conftest import shared_asset, write_image_folder
 
-# The outputs of /run as the client sees them, in order (the Run button is not part of the API).
-STATUS, DREAMS, LOSSES, ACCURACY, LOG, SPARSITY, SUMMARY, FILES = range(8)
-KNOBS = ("dream_count", "inversion_steps", "kd_epochs", "kd_temperature", "bn_weight", "tv_weight", "adi_weight")
-TINY = {**dict(zip(KNOBS, knob_values("Quick"))), "dream_count": 40, "inversion_steps": 6, "kd_epochs": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LABEL = {control.name: control.label for control in CONTROLS}
+TINY = {"num_images": 40, "steps": 6, "epochs": 2}  # a recipe that runs in seconds on a CPU
+STAGE_COUNT = len(STAGES)  # the quick budget refits, so its runs have every stage
 
 
 @contextmanager
 def served(options: AppOptions) -> Iterator[Client]:
     """The app as ``python demo/app.py`` serves it (same queue), on a free port, for one test."""
-    app = create_app(options)
-    app.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(app.local_url, verbose=False)
-    finally:
-        app.close()
+    with serve_locally(options) as url:
+        yield Client(url, verbose=False)
 
 
 def tiny_options(teachers: tuple[Path, ...], data: Path | str, **kwargs: Any) -> AppOptions:
     return AppOptions(data=str(data), teachers=teachers, device="cpu", update_interval=0.0, **kwargs)
 
 
-def run_args(teacher: Path | str, sparsity: float = 0.5, **knobs: Any) -> dict[str, Any]:
-    return {"teacher_id": str(teacher), "share": sparsity, "budget_name": "Quick", **TINY, "run_seed": 0, **knobs}
+def run_args(teacher: Path | str, sparsity: float = 0.5, **changes: Any) -> dict[str, Any]:
+    """The /run inputs by control name: the quick budget cut to the tiny recipe, with ``changes``."""
+    return {**default_values("quick", str(teacher)), **TINY, "sparsity": sparsity, **changes}
 
 
-def new_values(job: Any, index: int) -> list[Any]:
+def new_values(job: Any, output: str) -> list[Any]:
     """The values one output took over a streamed job, skipping steps that left it unchanged."""
+    index = output_index(output)
     values = [out[index] for out in job.outputs()]
     return [v for v in values if v and not (isinstance(v, dict) and v.get("__type__") == "update")]
 
@@ -99,31 +103,34 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
         job.result(timeout=300)
         outputs = job.outputs()
 
-    grids = new_values(job, DREAMS)
+    grids = new_values(job, "dreams")
     assert len(grids) >= 3, "the dream grid is refreshed while the dreams form"
     assert [tile["caption"] for tile in grids[-1]] == list(CIFAR10_CLASSES)
-    assert len(new_values(job, LOSSES)) >= 2, "the loss plot shows during synthesis (throttled) and at its end"
-    assert len(new_values(job, ACCURACY)) >= 3, "the accuracy plot grows epoch by epoch"
-    assert [row[0] for row in new_values(job, LOG)[-1]["data"]] == [0, 1, 2]
-    assert len(new_values(job, SUMMARY)) == 2, "the summary is cleared at the start and filled at the end"
-    first_grid = next(i for i, out in enumerate(outputs) if out[DREAMS] in grids)
-    first_summary = next(i for i, out in enumerate(outputs) if out[SUMMARY] in new_values(job, SUMMARY)[1:])
+    assert len(new_values(job, "losses")) >= 2, "the loss plot shows while dreaming (throttled) and at its end"
+    assert len(new_values(job, "accuracy")) >= 3, "the accuracy plot grows epoch by epoch"
+    assert [row[0] for row in new_values(job, "log")[-1]["data"]] == [0, 1, 2]
+    summaries = new_values(job, "summary")
+    assert len(summaries) == 2, "the summary is cleared at the start and filled at the end"
+    dreams, summary = output_index("dreams"), output_index("summary")
+    first_grid = next(i for i, out in enumerate(outputs) if out[dreams] in grids)
+    first_summary = next(i for i, out in enumerate(outputs) if out[summary] in summaries[1:])
     assert first_grid < first_summary, "dreams stream in long before the end"
-    statuses = new_values(job, STATUS)
-    assert any("Stage 3 of 8" in s and "left in this stage" in s for s in statuses)
+    statuses = new_values(job, "status")
+    assert any(f"Stage 3 of {STAGE_COUNT}" in s and "left in this stage" in s for s in statuses)
     assert "Done" in statuses[-1] and "full test split (300 images)" in statuses[-1]
-    assert len(new_values(job, SPARSITY)) == 1, "the per-layer chart appears once, after pruning"
+    assert len(new_values(job, "layers")) == 1, "the per-layer chart appears once, after pruning"
 
-    rows = {row[0]: row for row in new_values(job, SUMMARY)[-1]["data"]}
+    rows = {row[0]: row for row in summaries[-1]["data"]}
     teacher_acc, pruned = percent(rows["Teacher (dense)"][1]), percent(rows["Pruned, no recovery"][1])
-    recovered = percent(rows["Recovered: KD on dreams"][1])
+    recovered = percent(rows["Recovered: distillation on dreams"][1])
     assert recovered > pruned + 5, f"recovered {recovered}% is not above pruned {pruned}%"
     assert teacher_acc > pruned and percent(rows["Baseline: same recipe on noise"][1]) >= 0
-    assert percent(rows["Refit on dreams, before KD"][1]) > pruned, "the Quick budget refits the pruned layers"
+    refit = percent(rows["Refit on dreams, before distillation"][1])
+    assert refit > pruned, "the quick budget refits the pruned layers"
     nonzero = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
-    assert nonzero["Recovered: KD on dreams"] < 0.3 * nonzero["Teacher (dense)"]
+    assert nonzero["Recovered: distillation on dreams"] < 0.3 * nonzero["Teacher (dense)"]
 
-    files = {Path(p).name: Path(p) for p in new_values(job, FILES)[-1]}
+    files = {Path(p).name: Path(p) for p in new_values(job, "files")[-1]}
     assert set(files) == {"student.pt", "dreams.png", "dreams.pt", "report.json"}
     student = load_checkpoint(files["student.pt"])  # pruning made permanent: a plain checkpoint
     assert not any(name.endswith("_mask") for name in student.model.state_dict())
@@ -138,27 +145,27 @@ def _pruned_modules(ignore: weakref.WeakSet | None = None) -> list[torch.nn.Modu
 
 
 def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, image_root):
-    long = {"inversion_steps": 20_000}  # hours on a CPU: only Stop can end it
+    long = {"steps": 20_000}  # hours on a CPU: only Stop can end it
     before = weakref.WeakSet(_pruned_modules())
     with served(tiny_options((teacher_checkpoint,), image_root)) as client:
         job = client.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
-        wait_for(lambda: len(new_values(job, DREAMS)) >= 2, 60, "the first dream grids")
+        wait_for(lambda: len(new_values(job, "dreams")) >= 2, 60, "the first dream grids")
         assert _pruned_modules(before), "a running job holds its pruned student"
 
         other_tab = Client(client.src, verbose=False)  # a second browser session
         assert "Nothing is running" in other_tab.predict(api_name="/stop")
-        seen = len(new_values(job, DREAMS))
-        wait_for(lambda: len(new_values(job, DREAMS)) > seen, 30, "the run to go on after another tab's Stop")
+        seen = len(new_values(job, "dreams"))
+        wait_for(lambda: len(new_values(job, "dreams")) > seen, 30, "the run to go on after another tab's Stop")
 
         pressed = time.monotonic()
         assert "Stopped" in client.predict(api_name="/stop")
         job.result(timeout=10)
         assert time.monotonic() - pressed < 5, "Stop ends the job within a few seconds"
-        assert "Stopped" in new_values(job, STATUS)[-1]
+        assert "Stopped" in new_values(job, "status")[-1]
         wait_for(lambda: not _pruned_modules(before), 10, "the stopped run's models to be freed")
 
         cancelled = client.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
-        wait_for(lambda: len(new_values(cancelled, DREAMS)) >= 1, 60, "the dreams of the second run")
+        wait_for(lambda: len(new_values(cancelled, "dreams")) >= 1, 60, "the dreams of the second run")
         pressed = time.monotonic()
         cancelled.cancel()  # what the Stop button does in the browser besides /stop: cancel the event
         wait_for(cancelled.done, 5, "the cancelled job to end")
@@ -166,8 +173,8 @@ def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, imag
 
         again = client.submit(**run_args(teacher_checkpoint), api_name="/run")
         again.result(timeout=120)
-        assert "Done" in new_values(again, STATUS)[-1]
-        assert len(new_values(again, SUMMARY)[-1]["data"]) == 5  # teacher, pruned, refit, recovered, noise
+        assert "Done" in new_values(again, "status")[-1]
+        assert len(new_values(again, "summary")[-1]["data"]) == 5  # teacher, pruned, refit, recovered, noise
 
 
 def _error(client: Client, **args: Any) -> str:
@@ -175,7 +182,7 @@ def _error(client: Client, **args: Any) -> str:
     job = client.submit(**args, api_name="/run")
     with pytest.raises(AppError) as raised:
         job.result(timeout=60)
-        pytest.fail(f"a run with {args} did not fail: {job.outputs()[-1][STATUS]}")
+        pytest.fail(f"a run with {args} did not fail: {job.outputs()[-1][output_index('status')]}")
     message = str(raised.value)
     assert "Traceback" not in message and 'File "' not in message, message
     return message
@@ -200,29 +207,28 @@ def test_every_bad_input_gets_a_plain_message(teacher_checkpoint, image_root, tm
     with served(tiny_options(teachers, image_root)) as client:
         good = run_args(teacher_checkpoint)
         cases = [
-            ({"share": 1.0}, "greater than maximum value 0.95"),
-            ({"share": -0.2}, "less than minimum value 0"),
-            ({"teacher_id": "akamaster/resnet21"}, "not in the list of choices"),
-            ({"teacher_id": ""}, "not in the list of choices"),
-            ({"teacher_id": "akamaster/resnet56"}, "Cannot fetch weights for 'akamaster/resnet56'"),
-            ({"teacher_id": str(broken / "corrupt.pt")}, "Cannot read checkpoint"),
-            ({"teacher_id": str(broken / "no-arch.pt")}, "does not record its architecture"),
-            ({"teacher_id": str(broken / "wrong-arch.pt")}, "does not match the architecture"),
-            ({"teacher_id": str(broken / "bad-normalization.pt")}, "needs 'mean' and 'std'"),
-            ({"budget_name": "Huge"}, "not in the list of choices"),
-            ({"dream_count": 0}, "Dream count must be a whole number from 1"),
-            ({"dream_count": None}, "Dream count is empty"),
-            ({"inversion_steps": 0}, "Inversion steps must be a whole number from 1"),
-            ({"kd_epochs": -3}, "KD epochs must be a whole number from 1"),
-            ({"kd_temperature": 0}, "KD temperature must be above 0"),
-            ({"bn_weight": -1}, "BatchNorm weight (r_bn) must be at least 0"),
-            ({"tv_weight": -1e-3}, "TV weight must be at least 0"),
-            ({"adi_weight": -0.5}, "ADI weight must be at least 0"),
-            ({"run_seed": -1}, "Seed must be a whole number from 0"),
-            ({"bn_weight": 1e300}, "The optimization diverged"),
+            ({"sparsity": 1.0}, "greater than maximum value 0.95"),
+            ({"sparsity": -0.2}, "less than minimum value 0"),
+            ({"teacher": "akamaster/resnet21"}, "not in the list of choices"),
+            ({"teacher": ""}, "not in the list of choices"),
+            ({"teacher": "akamaster/resnet56"}, "Cannot fetch weights for 'akamaster/resnet56'"),
+            ({"teacher": str(broken / "corrupt.pt")}, "Cannot read checkpoint"),
+            ({"teacher": str(broken / "no-arch.pt")}, "does not record its architecture"),
+            ({"teacher": str(broken / "wrong-arch.pt")}, "does not match the architecture"),
+            ({"teacher": str(broken / "bad-normalization.pt")}, "needs 'mean' and 'std'"),
+            ({"budget": "Huge"}, "not in the list of choices"),
+            ({"num_images": 0}, f"{LABEL['num_images']} must be a whole number from 1"),
+            ({"num_images": None}, f"{LABEL['num_images']} is empty"),
+            ({"steps": 0}, f"{LABEL['steps']} must be a whole number from 1"),
+            ({"epochs": -3}, f"{LABEL['epochs']} must be a whole number from 1"),
+            ({"temperature": 0}, f"{LABEL['temperature']} must be above 0"),
+            ({"r_bn": -1}, f"{LABEL['r_bn']} must be at least 0"),
+            ({"tv_l2": -1e-3}, f"{LABEL['tv_l2']} must be at least 0"),
+            ({"seed": -1}, f"{LABEL['seed']} must be a whole number from 0"),
+            ({"r_bn": 1e300}, "The optimization diverged"),
         ]
         (broken / "gone.pt").unlink()  # listed at launch, deleted before the run
-        cases.append(({"teacher_id": str(broken / "gone.pt")}, "does not exist"))
+        cases.append(({"teacher": str(broken / "gone.pt")}, "does not exist"))
         for change, expected in cases:
             message = _error(client, **{**good, **change})
             assert expected in message, f"{change}: {message}"
@@ -261,3 +267,79 @@ def test_a_bad_deployment_is_explained_on_run(teacher_checkpoint, image_root, tm
 def test_cuda_requested_without_a_gpu_is_explained(teacher_checkpoint, image_root):
     with served(AppOptions(data=str(image_root), teachers=(teacher_checkpoint,), device="cuda")) as client:
         assert "no CUDA device is available" in _error(client, **run_args(teacher_checkpoint))
+
+
+# --- one table of controls, one of outputs: the page, the parser and the scripts all read them ----------
+
+
+def _event(app: Any, api_name: str) -> Any:
+    return next(fn for fn in app.fns.values() if fn.api_name == api_name)
+
+
+def test_the_page_the_api_and_the_parser_follow_the_control_table(teacher_checkpoint):
+    app = build_app(AppOptions(teachers=(teacher_checkpoint,), device="cpu"))
+    run = _event(app, "run")
+    controls = run.inputs[1:]  # after the session state
+    assert [c.elem_id for c in controls] == [c.elem_id for c in CONTROLS], "click inputs in table order"
+    assert [c.label for c in controls] == [c.label for c in CONTROLS]
+    assert [getattr(c, "info", None) or "" for c in controls] == [c.info for c in CONTROLS]
+    parameters = app.get_api_info()["named_endpoints"]["/run"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == list(CONTROL_NAMES), "/run takes the controls by name"
+    defaults = default_values("quick", str(teacher_checkpoint))  # the page starts on a CPU with quick
+    assert [c.value for c in controls] == [defaults[name] for name in CONTROL_NAMES]
+    assert [c.elem_id for c in run.outputs] == list(OUTPUTS), "outputs in the order of the named table"
+
+    budget_change = _event(app, "recipe_values")
+    assert [c.elem_id for c in budget_change.outputs] == [c.elem_id for c in RECIPE_CONTROLS]
+    assert [f.name for f in dataclasses.fields(Settings)] == list(CONTROL_NAMES)
+
+
+def test_output_positions_for_api_clients_come_from_the_output_table(teacher_checkpoint):
+    """demo/timing.py and these tests read a /run step's outputs by name through output_index."""
+    app = build_app(AppOptions(teachers=(teacher_checkpoint,), device="cpu"))
+    returns = app.get_api_info()["named_endpoints"]["/run"]["returns"]
+    components = {c.elem_id: c for c in _event(app, "run").outputs}
+    api_outputs = [name for name in OUTPUTS if name != "run"]  # Gradio sends no buttons to API clients
+    assert len(returns) == len(api_outputs)
+    for name in api_outputs:
+        assert returns[output_index(name)]["component"].lower() == type(components[name]).__name__.lower()
+    with pytest.raises(ValueError, match="not sent"):
+        output_index("run")
+
+
+def test_settings_round_trip_through_the_table_and_run_the_preset():
+    values = default_values("quick", "akamaster/resnet20")
+    settings = parse_settings(by_name([values[name] for name in CONTROL_NAMES]), {"teacher": ["akamaster/resnet20"]})
+    assert dataclasses.asdict(settings) == values
+    assert settings.recipe() == PRESETS["quick"], "the quick budget runs the quick preset as it is"
+    assert recipe_values("best") == [c.recipe_value(PRESETS["best"]) for c in RECIPE_CONTROLS]
+    changed = parse_settings({**values, "steps": 7.0, "tv_l2": 0}, {"teacher": ["akamaster/resnet20"]})
+    assert changed.steps == 7 and isinstance(changed.steps, int)
+    assert changed.recipe().dream.steps == 7 and changed.recipe().dream.tv_l2 == 0
+    finer = parse_settings({**values, "sparsity": 0.97}, {"teacher": ["akamaster/resnet20"]})
+    assert finer.sparsity == 0.97, "the parser's sparsity rule is the library's [0, 1), not the slider's grid"
+    assert set(BUDGETS) == set(PRESETS), "the budgets are the library's presets"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("sparsity", 1.0, "[0, 1)"),  # the library's rule, not the slider's 0.95
+        ("sparsity", "many", "must be a number"),
+        ("num_images", 2.5, "must be a whole number"),
+        ("temperature", float("nan"), "must be a finite number"),
+        ("teacher", "elsewhere.pt", "is not one of the choices"),
+        ("budget", "", "pick one from the list first"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_control(name, value, expected):
+    values = {**default_values("quick", "akamaster/resnet20"), name: value}
+    with pytest.raises(InputError) as refused:
+        parse_settings(values, {"teacher": ["akamaster/resnet20"]})
+    assert str(refused.value).startswith(LABEL[name]) and expected in str(refused.value)
+
+
+def test_the_stages_a_run_shows_follow_its_recipe():
+    assert set(STAGES) == set(Stage), "one label per stage"
+    assert LiveView("t", 0.5, 2, "cpu", refit=True).stages == tuple(Stage)
+    assert Stage.REFIT not in LiveView("t", 0.5, 2, "cpu", refit=False).stages

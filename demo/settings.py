@@ -1,0 +1,272 @@
+"""What a user can set, in one place: the budgets and the table of controls.
+
+:data:`CONTROLS` is the single description of every control on the page: its name (the
+library's field name, so nothing is renamed on the way), label, kind, range and info text. The
+page builds its components from it, :func:`parse_settings` checks values by it, and scripts
+(:mod:`demo.timing`, :mod:`demo.screenshot`) fill it by name. Values travel as one
+:class:`Settings` object, never by position: :func:`by_name` is the one place that turns Gradio's
+positional inputs (the controls in table order) into names.
+
+The recipe controls take their defaults and info text from the library: a budget's preset
+gives the values, the recipe dataclasses' field help gives the descriptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dfkd_core import PRESETS, Recipe, RecoveryConfig, help_of, with_overrides
+from dfkd_core.prune import check_sparsity
+
+__all__ = [
+    "BUDGETS",
+    "CONTROLS",
+    "CONTROL_NAMES",
+    "RECIPE_CONTROLS",
+    "Budget",
+    "Control",
+    "InputError",
+    "Settings",
+    "by_name",
+    "default_values",
+    "parse_settings",
+    "recipe_values",
+]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget of the app: a library preset, plus how finely the live curve is measured and the GPU time it gets."""
+
+    preset: str  # a key of dfkd_core.PRESETS, and the value the page sends
+    label: str
+    curve_per_class: int  # live accuracy on this many test images per class (the final numbers use all)
+    gpu_seconds: int  # ZeroGPU allocation for the preset's own recipe (scaled with the recipe controls)
+    purpose: str
+    needs_gpu: bool = False  # on a CPU the page warns that it takes long
+
+    @property
+    def recipe(self) -> Recipe:
+        return PRESETS[self.preset]
+
+    def describe(self) -> str:
+        dream, distill = self.recipe.dream, self.recipe.distill
+        refit = ", refit" if self.recipe.refit is not None else ""
+        return (
+            f"{self.label}: {dream.num_images:,} dreams x {dream.steps} steps{refit}, "
+            f"{distill.epochs} distillation epochs ({self.purpose})"
+        )
+
+
+BUDGETS: dict[str, Budget] = {
+    budget.preset: budget
+    for budget in (
+        Budget("quick", "Quick", 100, 150, "for a CPU"),
+        Budget("default", "Default", 200, 300, "the recommended recipe"),
+        Budget("best", "Best", 200, 750, "the most accurate recipe; for a GPU", needs_gpu=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control of the page: how it looks, its default and the rule its value must follow."""
+
+    name: str  # the Settings field, and the library's field name for recipe controls
+    label: str
+    kind: str  # "dropdown", "slider", "radio" or "number"
+    info: str = ""
+    default: Any = None  # None: from the budget's preset (recipe controls) or from the deployment (choices)
+    section: str | None = None  # the Recipe part ("dream", "distill") holding this field: a recipe control
+    choices: tuple[str, ...] = ()  # fixed choices; the teacher's come from the deployment
+    low: float | None = None  # the slider's range; for numbers, the accepted range
+    high: float | None = None
+    step: float | None = None  # the slider's grid
+    whole: bool = False
+    positive: bool = False  # must be above 0
+    rule: Callable[[float], float] | None = None  # the library's own check (ValueError), used instead of the range
+    advanced: bool = False  # shown in the collapsed "Advanced" panel
+
+    @property
+    def elem_id(self) -> str:
+        """The component's HTML id, for the browser test and the screenshot script."""
+        return self.name.replace("_", "-")
+
+    def recipe_value(self, recipe: Recipe) -> Any:
+        """This recipe control's value in ``recipe``."""
+        assert self.section is not None, f"{self.name} is not a recipe control"
+        return getattr(getattr(recipe, self.section), self.name)
+
+
+def _recipe_help(section: str, name: str) -> str:
+    """The library's one-line help of a recipe field, as a sentence."""
+    text = help_of(type(getattr(Recipe(), section)), name)
+    return text[:1].upper() + text[1:]
+
+
+def _config_default(name: str) -> Any:
+    """The default of a :class:`RecoveryConfig` field (the library's recommended value)."""
+    return next(f.default for f in dataclasses.fields(RecoveryConfig) if f.name == name)
+
+
+def _recipe_control(name: str, label: str, section: str, **rules: Any) -> Control:
+    """A number control for a recipe field: its info text is the library's help of that field."""
+    return Control(name, label, "number", info=_recipe_help(section, name), section=section, advanced=True, **rules)
+
+
+# The page's controls, in the order they appear (and the order of the Run event's inputs).
+CONTROLS: tuple[Control, ...] = (
+    Control(
+        "teacher",
+        label="Teacher (pretrained on CIFAR-10)",
+        kind="dropdown",
+        info="Grouped by family: ResNet, VGG, MobileNet, then local checkpoints",
+    ),
+    Control(
+        "sparsity",
+        label="Sparsity",
+        kind="slider",
+        info="Fraction of the weights to remove",
+        default=_config_default("sparsity"),
+        low=0.0,  # low, high and step: the slider's grid; the accepted range is the library's rule
+        high=0.95,
+        step=0.05,
+        rule=check_sparsity,
+    ),
+    Control(
+        "budget",
+        label="Budget",
+        kind="radio",
+        info=" · ".join(budget.describe() for budget in BUDGETS.values()),
+        choices=tuple(BUDGETS),
+    ),
+    _recipe_control("num_images", "Dream count", "dream", low=1, high=65_536, whole=True),
+    _recipe_control("steps", "Dreaming steps per batch", "dream", low=1, high=20_000, whole=True),
+    _recipe_control("epochs", "Distillation epochs", "distill", low=1, high=1_000, whole=True),
+    _recipe_control("temperature", "Distillation temperature", "distill", positive=True),
+    _recipe_control("r_bn", "BatchNorm weight (r_bn)", "dream", low=0),
+    _recipe_control("tv_l2", "TV weight (smoothness of the dreams)", "dream", low=0),
+    Control(
+        "seed",
+        label="Seed",
+        kind="number",
+        info="Seeds pruning ties, the dreams' starting noise and the augmentation",
+        default=_config_default("seed"),
+        low=0,
+        high=2**31 - 1,
+        whole=True,
+    ),
+)
+CONTROL_NAMES: tuple[str, ...] = tuple(control.name for control in CONTROLS)
+RECIPE_CONTROLS: tuple[Control, ...] = tuple(control for control in CONTROLS if control.section)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values of the page's controls, checked (fields: :data:`CONTROL_NAMES`, in that order)."""
+
+    teacher: str  # registry id or local checkpoint path
+    sparsity: float
+    budget: str  # a key of BUDGETS
+    num_images: int
+    steps: int
+    epochs: int
+    temperature: float
+    r_bn: float
+    tv_l2: float
+    seed: int
+
+    def recipe(self) -> Recipe:
+        """The budget's preset with the recipe controls applied."""
+        overrides = {
+            section: {c.name: getattr(self, c.name) for c in RECIPE_CONTROLS if c.section == section}
+            for section in ("dream", "distill")
+        }
+        return with_overrides(BUDGETS[self.budget].recipe, **overrides)
+
+
+class InputError(ValueError):
+    """A control holds a value the run cannot use; the message names the control by its label."""
+
+
+def by_name(values: Sequence[Any]) -> dict[str, Any]:
+    """Gradio's positional input values (in :data:`CONTROL_NAMES` order) as ``{name: value}``."""
+    if len(values) != len(CONTROL_NAMES):
+        raise ValueError(f"expected {len(CONTROL_NAMES)} control values, got {len(values)}")
+    return dict(zip(CONTROL_NAMES, values))
+
+
+def recipe_values(budget: str) -> list[Any]:
+    """The recipe controls' values in a budget's preset, in :data:`RECIPE_CONTROLS` order."""
+    return [control.recipe_value(BUDGETS[budget].recipe) for control in RECIPE_CONTROLS]
+
+
+def default_values(budget: str, teacher: str) -> dict[str, Any]:
+    """Every control's starting value: the table's defaults, the budget's recipe, and the given choices."""
+    values = {control.name: control.default for control in CONTROLS}
+    values.update(zip((control.name for control in RECIPE_CONTROLS), recipe_values(budget)))
+    return {**values, "budget": budget, "teacher": teacher}
+
+
+def _number(value: Any, label: str) -> float:
+    """``value`` as a finite float, or :class:`InputError` naming the control by ``label``."""
+    if value is None or value == "":
+        raise InputError(f"{label} is empty: enter a number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise InputError(f"{label} must be a finite number, got {value!r}.")
+    return number
+
+
+def _checked_number(control: Control, value: Any) -> float | int:
+    """A number control's value, or :class:`InputError` naming the control."""
+    number = _number(value, control.label)
+    if control.rule is not None:
+        try:
+            return control.rule(number)
+        except ValueError as err:
+            raise InputError(f"{control.label}: {err}.") from None
+    if control.whole:
+        if number != int(number) or not control.low <= number <= control.high:  # type: ignore[operator]
+            raise InputError(
+                f"{control.label} must be a whole number from {control.low:,} to {control.high:,}, got {value!r}."
+            )
+        return int(number)
+    if control.positive and number <= 0:
+        raise InputError(f"{control.label} must be above 0, got {value!r}.")
+    if control.low is not None and number < control.low:
+        raise InputError(f"{control.label} must be at least {control.low:g}, got {value!r}.")
+    if control.high is not None and number > control.high:
+        raise InputError(f"{control.label} must be at most {control.high:g}, got {value!r}.")
+    return number
+
+
+def _checked_choice(control: Control, value: Any, choices: Collection[str]) -> str:
+    """A dropdown's or radio's value, or :class:`InputError` naming the control."""
+    if not value:
+        raise InputError(f"{control.label}: pick one from the list first.")
+    if value not in choices:
+        raise InputError(f"{control.label}: {value!r} is not one of the choices; pick one from the list.")
+    return str(value)
+
+
+def parse_settings(values: Mapping[str, Any], choices: Mapping[str, Collection[str]]) -> Settings:
+    """Check every control's value by the table; :class:`InputError` names the first bad one by its label.
+
+    ``choices`` gives the choices the deployment decides (the teacher's); the others are the table's.
+    """
+    parsed: dict[str, Any] = {}
+    for control in CONTROLS:
+        value = values.get(control.name)
+        if control.kind in ("dropdown", "radio"):
+            parsed[control.name] = _checked_choice(control, value, choices.get(control.name, control.choices))
+        else:
+            parsed[control.name] = _checked_number(control, value)
+    return Settings(**parsed)

@@ -3,14 +3,16 @@
     python notebooks/notebook_tools.py strip             # clear outputs in place (do this before committing)
     python notebooks/notebook_tools.py check             # exit 1 if a notebook carries outputs
     python notebooks/notebook_tools.py execute --smoke   # run all four top to bottom, tiny budgets
-    python notebooks/notebook_tools.py execute --images notebooks/images   # full run + README pictures
+    python notebooks/notebook_tools.py execute --images DIR   # a full run, saving each closing picture
 
 Notebooks are committed without outputs. ``execute`` writes executed copies to ``--out``
 (default ``notebooks/executed/``, ignored by git) and never touches the committed files; with
-``--images`` it also saves each notebook's README picture (the cell tagged ``readme``, else the
-last cell tagged ``figure``) as ``<images>/<notebook name>.png``. Teacher, data and budget come from the environment, as in the
-notebooks' parameter cells: ``DFKD_TEACHER``, ``DFKD_DATA``, ``DFKD_DEVICE``, ``DFKD_PRESET``,
-``DFKD_SMOKE`` (``--smoke`` sets it), ``DFKD_DATA_DIR``, ``TORCH_HOME``.
+``--images DIR`` it also saves each notebook's closing picture (its last cell tagged ``figure``)
+as ``DIR/<notebook name>.png``. It refuses to save pictures of a SMOKE run: their numbers come from
+a handful of dreams and test images and would mislead anyone who sees them out of context.
+Teacher, data and budget come from the environment, as in the notebooks' parameter cells:
+``DFKD_TEACHER``, ``DFKD_DATA``, ``DFKD_DEVICE``, ``DFKD_PRESET``, ``DFKD_SMOKE`` (``--smoke``
+sets it; its budget is defined in ``notebooks/smoke.py``), ``DFKD_DATA_DIR``, ``TORCH_HOME``.
 Needs ``nbformat``, ``nbclient`` and ``ipykernel`` (``pip install -e ".[dev]"``).
 """
 
@@ -28,7 +30,6 @@ import nbformat
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
 FIGURE_TAG = "figure"  # cells whose output must contain a picture
-README_TAG = "readme"  # the figure cell whose picture represents the notebook in README.md (default: the last)
 WIDGET_STATE = "widgets"  # notebook metadata key where executed widget state is stored
 
 
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebooks", nargs="*", help="default: all four")
     run.add_argument("--smoke", action="store_true", help="DFKD_SMOKE=1: tiny budgets, about a minute each on a CPU")
     run.add_argument("--out", type=Path, default=HERE / "executed", help="folder for the executed copies")
-    run.add_argument("--images", type=Path, help="also save each notebook's README picture here as <name>.png")
+    run.add_argument(
+        "--images", type=Path, help="also save each notebook's closing picture here as <name>.png (not in SMOKE mode)"
+    )
     run.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
     args = parser.parse_args(argv)
 
@@ -132,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} carries outputs ({'; '.join(found[:3])}); run: python notebooks/notebook_tools.py strip")
         return 1 if dirty else 0
 
-    args.out.mkdir(parents=True, exist_ok=True)
     env = kernel_environment(smoke=True if args.smoke else None)
+    if args.images and env.get("DFKD_SMOKE") == "1":
+        parser.error(
+            "--images refuses to save pictures of a SMOKE run (DFKD_SMOKE=1): their numbers come from a handful "
+            "of dreams and test images and mislead out of context; run without --smoke and with DFKD_SMOKE unset"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
     total = 0.0
     for path in paths:
         nb, seconds = execute(path, env, args.timeout)
@@ -142,12 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name}: {seconds:.1f} s -> {args.out / path.name}")
         if args.images:
             args.images.mkdir(parents=True, exist_ok=True)
-            chosen = [i for i in figure_cells(nb) if README_TAG in nb.cells[i].metadata.get("tags", [])]
-            pictures = [image for i in chosen or figure_cells(nb) for image in images_of(nb.cells[i])]
+            pictures = [image for i in figure_cells(nb) for image in images_of(nb.cells[i])]
             if not pictures:
                 raise SystemExit(f"{path.name} produced no picture in a cell tagged {FIGURE_TAG!r}")
             (args.images / f"{path.stem}.png").write_bytes(pictures[-1])
-            print(f"    README picture -> {args.images / (path.stem + '.png')}")
+            print(f"    closing picture -> {args.images / (path.stem + '.png')}")
     print(f"all {len(paths)} notebooks in {total:.1f} s (DFKD_SMOKE={env.get('DFKD_SMOKE', '0')})")
     return 0
 

@@ -1,5 +1,6 @@
 """The tutorial notebooks: committed clean, parameterized by the environment, and each one runs
-top to bottom in SMOKE mode on the real assets and draws its pictures.
+top to bottom in SMOKE mode on the real assets and draws its pictures. The SMOKE budget is defined
+once, in ``notebooks/smoke.py``, and pictures of a SMOKE run are never saved for show.
 
 Execution uses the same helpers as ``notebooks/notebook_tools.py`` (nbclient + ipykernel), with
 ``DFKD_SMOKE=1`` and the teacher and data of ``../shared`` passed through environment variables,
@@ -72,11 +73,46 @@ def test_notebook_structure(name):
     assert len(parameters) == 1 and parameters[0] is code[0], "the first code cell is the one parameter cell"
     for variable in ("DFKD_SMOKE", "DFKD_DEVICE", "DFKD_TEACHER", "DFKD_DATA"):
         assert variable in _source(parameters[0]), f"{name}: the parameter cell does not read {variable}"
+    assert "from smoke import" in _source(parameters[0]), f"{name}: SMOKE must come from smoke.py, defined once"
     figures = [c for c in code if "figure" in c.get("metadata", {}).get("tags", [])]
     assert len(figures) >= MIN_FIGURES[name]
     assert code[-1] is figures[-1], f"{name} must end with a picture"
     everything = "\n".join(_source(c) for c in cells)
     assert "../shared" not in everything and "/work/" not in everything
+    assert 'environ.get("DFKD_SMOKE"' not in everything, f"{name} reads DFKD_SMOKE itself instead of smoke.py"
+    if name != "01_pruning_damage":  # 02-04 run library stages: their events are drawn as the CLI draws them
+        assert "dfkd.ProgressBars()" in everything and "tqdm" not in everything, f"{name}: use dfkd.ProgressBars()"
+
+
+def test_smoke_budget_is_defined_once(monkeypatch):
+    """smoke.py reads DFKD_SMOKE and shrinks a recipe's budgets, keeping its other choices (the refit)."""
+    import dfkd_core as dfkd
+
+    monkeypatch.setenv("DFKD_SMOKE", "1")
+    spec = importlib.util.spec_from_file_location("smoke", NOTEBOOK_DIR / "smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    assert smoke.SMOKE is True
+    for name in dfkd.PRESETS:
+        recipe = dfkd.get_preset(name)
+        small = smoke.smoke_recipe(recipe)
+        assert small.dream.num_images * small.dream.steps < recipe.dream.num_images * recipe.dream.steps
+        assert small.distill.epochs < recipe.distill.epochs
+        assert (small.refit is None) == (recipe.refit is None)
+
+
+def test_execute_refuses_to_save_pictures_of_a_smoke_run(tmp_path, monkeypatch, capsys):
+    """SMOKE pictures (a handful of dreams, 20 test images per class) mislead; --images refuses them."""
+    pytest.importorskip("nbformat")
+    tools = _load_tools()
+    monkeypatch.delenv("DFKD_SMOKE", raising=False)
+    with pytest.raises(SystemExit) as refused:
+        tools.main(["execute", "--smoke", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2 and "SMOKE" in capsys.readouterr().err
+    monkeypatch.setenv("DFKD_SMOKE", "1")
+    with pytest.raises(SystemExit):
+        tools.main(["execute", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "images").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,22 @@
 """Recovery benchmark: JPEG CIFAR-10 teachers at several sparsities, against same-budget baselines.
 
-For every teacher the dreams are synthesized once and reused for every sparsity (they depend on
-the teacher only), so the table's synthesis time is the one-off cost per teacher. Each row runs
-the library's pipeline unchanged, with both baselines:
+For every teacher the dreams are made once and reused for every sparsity (they depend on the
+teacher only), so the table's dream time is the one-off cost per teacher. Each row runs the
+library's pipeline unchanged, with the baselines asked for:
 
-    noise-KD   the same distillation recipe on Gaussian-noise images (what the dreams buy)
-    oracle     the same recipe on as many REAL training images (not data-free; an upper bound)
+    noise   the same refit and distillation on Gaussian-noise images (what the dreams buy)
+    real    the same on as many REAL training images (the oracle: not data-free, an upper bound)
 
 Usage (from the repository root; writes JSON and a markdown table):
 
     python benchmarks/recovery.py --shared ../shared --out benchmarks/results
+    python benchmarks/recovery.py --render benchmarks/results/recovery.json   # the table again, no run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+from tables import rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
-from dfkd_core.pipeline import get_preset
 
 TEACHERS = {  # name -> checkpoint inside shared/weights/cifar10-jpeg-teachers
     "resnet20": "resnet20-12fca82f-jpeg.pt",
@@ -50,25 +52,40 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def recipe_words(recipe: dict) -> str:
+    """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
+    dream, kd = recipe["dream"], recipe["distill"]
+    words = (
+        f"{dream['num_images']:,} dreams x {dream['steps']} steps, {'' if recipe['refit'] else 'no '}refit, "
+        f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}, "
+        f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
+    )
+    names = [
+        name for name, preset in dfkd.PRESETS.items() if json.loads(json.dumps(dataclasses.asdict(preset))) == recipe
+    ]
+    return f"preset `{names[0]}` ({words})" if names else f"recipe: {words}"
+
+
 def markdown(rows: list[dict], title: str) -> str:
     lines = [
         title,
         "",
         "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the dreams are",
-        "synthesized once per teacher (first row) and reused at every sparsity, so *total* counts synthesis",
-        "in the first row of each teacher only. Each baseline distills for as long as dream-KD does.",
+        "made once per teacher (first row) and reused at every sparsity, so *total* counts the dream time",
+        'in the first row of each teacher only ("-": not run). Each baseline runs the same refit and',
+        "distillation on as many noise or real images.",
         "",
-        "| teacher | sparsity | teacher acc | pruned | noise-KD | **dream-KD (ours)** | real-data oracle "
-        "| synthesis | dream-KD | noise-KD | oracle | total |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher | sparsity | teacher acc | pruned | noise | **recovered (dreams)** | real (oracle) "
+        "| dream s | refit s | distill s | noise s | real s | total s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        noise, oracle, t = r["baselines"]["noise_kd"], r["baselines"]["real_data"], r["timings_s"]
+        noise, real, t = r["baselines"]["noise"], r["baselines"]["real"], r["timings_s"]
         lines.append(
             f"| {r['name']} | {r['sparsity']['target']:.0%} | {r['teacher_acc']:.2f} | {r['pruned_acc']:.2f} "
-            f"| {_accuracy(noise)} | **{r['recovered_acc']:.2f}** | {_accuracy(oracle)} "
-            f"| {t['synthesis']:.0f} | {t['distillation']:.0f} | {t.get('baseline_noise', 0):.0f} "
-            f"| {t.get('baseline_real', 0):.0f} | {t['total']:.0f} |"
+            f"| {_accuracy(noise)} | **{r['recovered_acc']:.2f}** | {_accuracy(real)} "
+            f"| {_seconds(t, 'dream')} | {_seconds(t, 'refit')} | {_seconds(t, 'distill')} | {_seconds(t, 'noise')} "
+            f"| {_seconds(t, 'real')} | {_seconds(t, 'total')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -77,29 +94,34 @@ def _accuracy(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"  # "-": the baseline was not run
 
 
+def _seconds(timings: dict, stage: str) -> str:
+    return f"{timings[stage]:.0f}" if stage in timings else "-"  # "-": the stage did not run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
-    parser.add_argument("--preset", default="default", help="recipe preset of the pipeline")
-    parser.add_argument("--baselines", nargs="*", default=["noise", "real"], choices=["noise", "real"],
-                        help="same-budget baselines to run (none: dream-KD alone)")  # fmt: skip
+    parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["noise", "real"],
+        choices=["noise", "real"],
+        help="same-budget baselines to run (given without a name: none, the dreams alone)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--render", type=Path, help="only rewrite the markdown table from this recovery.json")
     args = parser.parse_args(argv)
     if args.render:
-        record = json.loads(args.render.read_text())
-        table = markdown(record["rows"], _title(record["meta"], record["rows"]))
-        args.render.with_suffix(".md").write_text(table)
-        print(table)
-        return 0
+        return rerender(args.render, lambda record: markdown(record["rows"], _title(record["meta"], record["rows"])))
 
     data = args.shared / "data" / "cifar10-jpeg"
     if not data.is_dir():
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
-    recipe = get_preset(args.preset)
+    recipe = dfkd.get_preset(args.preset)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.perf_counter()
@@ -108,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         dreams = None
         for sparsity in args.sparsities:
             config = dfkd.RecoveryConfig(
-                teacher=str(checkpoint), data=str(data), sparsity=sparsity, recipe=recipe,
-                baselines=tuple(args.baselines), device=args.device,
-            )  # fmt: skip
+                teacher=str(checkpoint),
+                data=str(data),
+                sparsity=sparsity,
+                recipe=recipe,
+                baselines=tuple(args.baselines),
+                device=args.device,
+            )
             result = dfkd.run_recovery(config, dreams=dreams)
             dreams = result.dreams
             report = result.report()
@@ -119,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(report)
             print(
                 f"{name} @ {sparsity:.0%}: teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} "
-                f"noise-KD {result.baselines['noise']} dream-KD {result.recovered_acc:.2f} "
-                f"oracle {result.baselines['real']} ({result.timings['total']:.0f} s)",
+                f"noise {result.baselines['noise']} recovered {result.recovered_acc:.2f} "
+                f"real {result.baselines['real']} ({result.timings['total']:.0f} s)",
                 flush=True,
             )
             table = write_results(args, argv, rows, time.perf_counter() - started)  # after every row: no lost work
@@ -130,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _title(meta: dict, rows: list[dict]) -> str:
     return (
-        f"Recovery on CIFAR-10 (JPEG) test, {rows[0]['eval']['num_images']:,} images; preset `{meta['preset']}`; "
-        f"{meta['machine']}; torch {meta['versions']['torch']}; `{meta['command']}`"
+        f"Recovery on CIFAR-10 (JPEG) test, {rows[0]['eval']['num_images']:,} images; "
+        f"{recipe_words(rows[0]['settings']['recipe'])}; {meta['machine']}; torch {meta['versions']['torch']}; "
+        f"`{meta['command']}`"
     )
 
 

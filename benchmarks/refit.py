@@ -1,9 +1,9 @@
-"""Layer-wise refit alone: how much accuracy it gives back, how fast, and whether dreams do as well as real images.
+"""Refit alone: how much accuracy the layer-wise refit gives back, how fast, and whether dreams do as well as real images.
 
-The ResNet-20 JPEG teacher is pruned (global L1) and refit with :func:`dfkd.reconstruct`, no
-distillation, on three image sources of the same recipe: the default recipe's dreams (1,024 x 200
-steps, synthesized once and cached, shared with ``benchmarks/recipe.py``), and as a reference
-that is NOT data-free, 1,024 and 5,000 real training images. Scored on the whole test split.
+The ResNet-20 JPEG teacher is pruned (global L1) and refit with :func:`dfkd.refit`, no
+distillation, on three image sources: the default recipe's dreams (1,024 x 200 steps, made once
+and cached, shared with ``benchmarks/recipe.py``), and as a reference that is NOT data-free,
+1,024 and 5,000 real training images. Scored on the whole test split.
 
 Usage (from the repository root; writes JSON and a markdown table):
 
@@ -23,7 +23,6 @@ import torch
 
 import dfkd_core as dfkd
 from dfkd_core.data import load_eval_set, load_train_subset
-from dfkd_core.pipeline import PRESETS, resolve_device
 
 TEACHER = "weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt"  # inside shared/
 DATA = "data/cifar10-jpeg"  # inside shared/
@@ -36,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dreams", type=Path, help="a dreams.pt of the default recipe (synthesized when absent)")
+    parser.add_argument("--dreams", type=Path, help="a dreams.pt of the default recipe (dreamed when absent)")
     args = parser.parse_args(argv)
     teacher_path, data = args.shared / TEACHER, args.shared / DATA
     if not teacher_path.is_file() or not data.is_dir():
         parser.error(f"{teacher_path} or {data} not found; pass --shared pointing at the shared/ assets folder")
-    device = resolve_device(args.device)
+    device = dfkd.resolve_device(args.device)
     teacher = dfkd.load_teacher(str(teacher_path))
     test_set = load_eval_set(str(data))
 
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dreams and args.dreams.is_file():
         dreams = dfkd.DreamSet.load(args.dreams)
     else:
-        dreams = dfkd.synthesize(teacher, PRESETS["default"].inversion, device=device)
+        dreams = dfkd.dream(teacher, dfkd.PRESETS["default"].dream, device=device)
     sources = {f"{len(dreams)} dreams (data-free)": dreams.images}
     for count in REAL_COUNTS:  # the reference: real training images, NOT data-free
         sources[f"{count} real training images (not data-free)"] = (
@@ -64,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         pruned_acc = accuracy(pruned)
         for source, images in sources.items():
             student = dfkd.prune_model(teacher.model, sparsity)
-            config = dfkd.ReconstructionConfig(num_images=len(images))
+            config = dfkd.RefitConfig(num_images=len(images))
             started = time.perf_counter()
-            dfkd.reconstruct(student, teacher.model, images, teacher.normalization, config, device=device)
+            dfkd.refit(student, teacher.model, images, teacher.normalization, config, device=device)
             seconds = time.perf_counter() - started
-            row = {"sparsity": sparsity, "source": source, "pruned": round(pruned_acc, 2),
-                   "refit": round(accuracy(student), 2), "seconds": round(seconds, 1)}  # fmt: skip
+            row = {
+                "sparsity": sparsity,
+                "source": source,
+                "pruned": round(pruned_acc, 2),
+                "refit": round(accuracy(student), 2),
+                "seconds": round(seconds, 1),
+            }
             rows.append(row)
             print(row, flush=True)
 
@@ -80,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}; `{command}`"
     )
     lines = [title, "", "| sparsity | images | pruned | refit | refit s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['sparsity']:.0%} | {r['source']} | {r['pruned']:.2f} | **{r['refit']:.2f}** | {r['seconds']:.0f} |"
-              for r in rows]  # fmt: skip
+    lines += [
+        f"| {r['sparsity']:.0%} | {r['source']} | {r['pruned']:.2f} | **{r['refit']:.2f}** | {r['seconds']:.0f} |"
+        for r in rows
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "refit.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     (args.out / "refit.md").write_text("\n".join(lines) + "\n")

@@ -17,18 +17,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from dfkd_core import (
-    Event,
-    ImagesReady,
-    Metric,
-    MetricLogged,
-    Network,
-    Notice,
-    Progress,
-    Stage,
-    StageFinished,
-    StageStarted,
-)
+from dfkd_core import Metric, Network, Stage
+from dfkd_core.events import Event, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from dfkd_core.plots import curves_figure, sparsity_figure
 
 from .runner import DREAMS_PER_CLASS, Outcome

@@ -11,25 +11,19 @@ from dfkd_core import (
     PRESETS,
     DistillConfig,
     DreamConfig,
-    Finished,
-    ImagesReady,
     Metric,
-    MetricLogged,
     Network,
-    Notice,
-    Progress,
     Recipe,
     RecoveryConfig,
     RefitConfig,
     Stage,
-    StageFinished,
-    StageStarted,
     get_preset,
     recover,
     resolve_device,
     run_recovery,
     with_overrides,
 )
+from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from dfkd_core.zoo import CIFAR10, Teacher
 
 TINY = Recipe(

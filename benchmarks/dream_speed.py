@@ -1,9 +1,9 @@
-"""Synthesis speed: the library's DeepInversion step against a bare teacher forward+backward.
+"""Dream speed: the library's dream step (DeepInversion) against a bare teacher forward+backward.
 
 Both sides use the same teacher, the same batch of 32x32 images (channels_last, as the library
 feeds them) and the same device. The bare side is a forward pass of the frozen teacher, as
 given, and a backward pass to the input pixels (cross-entropy loss, nothing else). The library
-side is ``dfkd_core.synthesize`` with the recipe's inversion settings, end to end for one batch:
+side is ``dfkd_core.dream`` with the recipe's dream settings, end to end for one batch:
 the BatchNorm-statistics prior (computed on the teacher with each Conv-BN pair folded, which
 skips the BatchNorm passes the bare side pays for - so the ratio can exceed 1), total variation,
 jitter and flip, Adam, clamping, best-iterate tracking, and its one-off costs per batch (folding,
@@ -12,8 +12,9 @@ see the same machine state; the median of each is reported with their ratio (lib
 
 Usage (from the repository root; CPU always, CUDA too when present):
 
-    python benchmarks/synthesis_speed.py \
+    python benchmarks/dream_speed.py \
         --teacher ../shared/weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt --out benchmarks/results
+    python benchmarks/dream_speed.py --render benchmarks/results/dream_speed.json   # the table again
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tables import rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
-from dfkd_core.invert import InversionConfig
+from dfkd_core import DreamConfig
 
-BATCH = 256  # images per step: the recipe's inversion batch size
+BATCH = 256  # images per step: the recipe's dream batch size
 STEPS = 50  # Adam steps per timed run (long enough that per-batch set-up is a small share)
 REPEATS = 5  # timed runs of each side, interleaved; the median is reported
 WARMUP_STEPS = 3  # untimed steps before the first timed run (allocator, kernel selection)
@@ -57,11 +59,11 @@ def bare_forward_backward(model: torch.nn.Module, batch: int, steps: int, device
     return time.perf_counter() - started
 
 
-def library_inversion(teacher: dfkd.Teacher, config: InversionConfig, device: torch.device) -> float:
+def library_dream(teacher: dfkd.Teacher, config: DreamConfig, device: torch.device) -> float:
     """Seconds for one batch of ``config.steps`` DeepInversion steps through the library."""
     _sync(device)
     started = time.perf_counter()
-    dfkd.synthesize(teacher, config, device=device)
+    dfkd.dream(teacher, config, device=device)
     _sync(device)
     return time.perf_counter() - started
 
@@ -70,15 +72,13 @@ def measure(teacher: dfkd.Teacher, device: torch.device, batch: int, steps: int,
     model = teacher.model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    config = dataclasses.replace(
-        InversionConfig(), num_images=batch, batch_size=batch, steps=steps, preview_every=steps
-    )
+    config = DreamConfig(num_images=batch, batch_size=batch, steps=steps, preview_every=steps)
     bare_forward_backward(model, batch, WARMUP_STEPS, device)
-    library_inversion(teacher, dataclasses.replace(config, steps=WARMUP_STEPS), device)
+    library_dream(teacher, dataclasses.replace(config, steps=WARMUP_STEPS), device)
     bare_s, library_s = [], []
     for _ in range(repeats):
         bare_s.append(bare_forward_backward(model, batch, steps, device))
-        library_s.append(library_inversion(teacher, config, device))
+        library_s.append(library_dream(teacher, config, device))
     bare_rate = batch * steps / statistics.median(bare_s)
     library_rate = batch * steps / statistics.median(library_s)
     return {
@@ -96,15 +96,38 @@ def measure(teacher: dfkd.Teacher, device: torch.device, batch: int, steps: int,
     }
 
 
+def markdown(record: dict) -> str:
+    """The table of a dream_speed.json record."""
+    rows = record["rows"]
+    lines = [
+        f"Dream speed (image-steps/s, median of {rows[0]['repeats']} interleaved runs); "
+        f"torch {record['torch']}; `{record['command']}`",
+        "",
+        "| teacher | device | batch | bare forward+backward | library dream step | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['teacher']} | {r['device']} | {r['batch']} | {r['bare_image_steps_per_s']:.0f} "
+            f"| {r['library_image_steps_per_s']:.0f} | **{r['ratio']:.2f}** |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True, help="registry id or checkpoint path")
+    parser.add_argument("--teacher", help="registry id or checkpoint path")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--out", type=Path, default=None, help="write synthesis_speed.json and .md here")
+    parser.add_argument("--out", type=Path, default=None, help="write dream_speed.json and .md here")
+    parser.add_argument("--render", type=Path, help="only rewrite the markdown table from this dream_speed.json")
     args = parser.parse_args(argv)
+    if args.render:
+        return rerender(args.render, markdown)
+    if not args.teacher:
+        parser.error("--teacher is required (unless --render)")
 
     teacher = dfkd.load_teacher(args.teacher)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -116,24 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command = "python " + " ".join(["benchmarks/synthesis_speed.py", *(argv if argv is not None else sys.argv[1:])])
-    lines = [
-        f"Synthesis speed (image-steps/s, median of {args.repeats} interleaved runs); torch {torch.__version__}; `{command}`",
-        "",
-        "| teacher | device | batch | bare forward+backward | library inversion | ratio |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['teacher']} | {r['device']} | {r['batch']} | {r['bare_image_steps_per_s']:.0f} "
-            f"| {r['library_image_steps_per_s']:.0f} | **{r['ratio']:.2f}** |"
-        )
-    table = "\n".join(lines) + "\n"
+    command = "python " + " ".join(["benchmarks/dream_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    record = {"command": command, "torch": torch.__version__, "rows": rows}
+    table = markdown(record)
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "synthesis_speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-        (args.out / "synthesis_speed.md").write_text(table)
+        (args.out / "dream_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+        (args.out / "dream_speed.md").write_text(table)
     return 0
 
 

@@ -8,6 +8,7 @@ where a missing asset fails the run.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,28 @@ from dfkd_core.zoo import CIFAR10, CIFAR10_CLASSES, Teacher
 
 SHARED = Path(os.environ.get("DFKD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 REQUIRE_ASSETS = os.environ.get("DFKD_REQUIRE_ASSETS") == "1"
+
+
+_FORBIDDEN: tuple[str, ...] = ()  # real paths below which no file may be opened or listed (see forbid_reads)
+_AUDITED = ("open", "os.listdir", "os.scandir")  # the audit events of every file open and directory listing
+
+
+def _tripwire(event: str, args: tuple) -> None:
+    """Audit hook: refuse any open or listing below a forbidden folder, whichever Python or C API does it
+    (``open``, ``io.open``, ``os.open``, ``Path.read_bytes``, PIL, ``torch.load``, ``os.scandir``, ...)."""
+    if not _FORBIDDEN or event not in _AUDITED or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path = os.path.realpath(os.fsdecode(args[0]))
+    if any(path == root or path.startswith(root + os.sep) for root in _FORBIDDEN):
+        raise AssertionError(f"the recovery path touched training data: {path} ({event})")
+
+
+sys.addaudithook(_tripwire)  # audit hooks stay for the process; the hook is idle while nothing is forbidden
+
+
+def forbid_reads(monkeypatch, *folders: Path) -> None:
+    """Until the test ends, every open or listing below ``folders`` raises ``AssertionError``."""
+    monkeypatch.setattr(sys.modules[__name__], "_FORBIDDEN", tuple(os.path.realpath(f) for f in folders))
 
 
 def shared_asset(relative: str) -> Path:

@@ -1,4 +1,3 @@
-import builtins
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,8 @@ from dfkd_core import (
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from dfkd_core.zoo import CIFAR10, Teacher
+
+from .conftest import forbid_reads
 
 TINY = Recipe(
     DreamConfig(num_images=20, batch_size=20, steps=2, preview_every=1),
@@ -112,26 +113,9 @@ def test_real_baseline_without_train_split_is_null(teacher_checkpoint, test_only
 
 
 def _forbid_training_reads(monkeypatch, train_dir: Path):
-    """Make every file-system access below ``train_dir`` raise, whichever API is used."""
-    forbidden = os.path.realpath(train_dir)
-
-    def guard(path):
-        if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)).startswith(forbidden):
-            raise AssertionError(f"the recovery path touched training data: {os.fsdecode(path)}")
-
-    def wrap(function):
-        def guarded(path, *args, **kwargs):
-            guard(path)
-            return function(path, *args, **kwargs)
-
-        return guarded
-
-    monkeypatch.setattr(builtins, "open", wrap(builtins.open))
-    for name in ("scandir", "listdir", "stat", "walk"):
-        monkeypatch.setattr(os, name, wrap(getattr(os, name)))
-    import PIL.Image
-
-    monkeypatch.setattr(PIL.Image, "open", wrap(PIL.Image.open))
+    """Make every file open or listing below ``train_dir`` raise (an audit hook: no API gets past it), and
+    the CIFAR-10 training set refuse to load."""
+    forbid_reads(monkeypatch, train_dir)
     import torchvision.datasets
 
     original_cifar = torchvision.datasets.CIFAR10.__init__
@@ -142,6 +126,26 @@ def _forbid_training_reads(monkeypatch, train_dir: Path):
         original_cifar(self, root, train, *args, **kwargs)
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", cifar_guard)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda f: open(f).close(),
+        lambda f: f.read_bytes(),
+        lambda f: os.close(os.open(f, os.O_RDONLY)),
+        lambda f: open(f).close(),
+        lambda f: os.listdir(f.parent),
+        lambda f: list(os.scandir(f.parent)),
+        lambda f: torch.load(f),
+    ],
+    ids=["open", "Path.read_bytes", "os.open", "io.open", "os.listdir", "os.scandir", "torch.load"],
+)
+def test_the_tripwire_catches_every_way_to_read_a_file(monkeypatch, image_root, read):
+    target = next((image_root / "train" / "cat").iterdir())
+    _forbid_training_reads(monkeypatch, image_root / "train")
+    with pytest.raises(AssertionError, match="touched training data"):
+        read(target)
 
 
 EVERY_COMPONENT = Recipe(  # each optional part on: ADI, the refit, cutmix, features, both BN modes

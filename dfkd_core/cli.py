@@ -21,7 +21,7 @@ from ._knobs import help_of
 from ._version import __version__
 from .dream import DreamSet
 from .events import Finished
-from .outputs import OUTPUT_FILES, write_outputs
+from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
 from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
 from .prune import SCOPES
@@ -203,8 +203,7 @@ def _summary(result: RecoveryResult) -> str:
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {str(args.out)!r} exists and is not a directory")
+    check_output_dir(args.out)
     config = RecoveryConfig(
         teacher=args.teacher,
         data=args.data,
@@ -230,8 +229,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     assert result is not None
+    print(_summary(result), flush=True)  # before writing: a failure to write keeps the numbers on screen
     written = write_outputs(result, args.out)
-    print(_summary(result))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -258,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"teachers": _cmd_teachers, "evaluate": _cmd_evaluate, "recover": _cmd_recover, "demo": _cmd_demo}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FloatingPointError) as err:
         print(f"dfkd {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # a missing file, no permission, a full disk: the user's to fix, not a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"dfkd {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"dfkd {args.command}: interrupted; nothing was written", file=sys.stderr)

@@ -16,7 +16,7 @@ from .zoo import save_checkpoint
 if TYPE_CHECKING:
     from .pipeline import RecoveryResult
 
-__all__ = ["OUTPUT_FILES", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "check_output_dir", "write_outputs"]
 
 OUTPUT_FILES = {
     "report.json": "every accuracy, timing, setting and package version of the run",
@@ -26,6 +26,26 @@ OUTPUT_FILES = {
     "sparsity.png": "the share of weights removed in every layer",
     "student.pt": "the recovered student, pruning made permanent, loadable without flags",
 }
+
+
+def check_output_dir(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a Path, after probing that the files of a run can be written there; ``ValueError`` if not.
+
+    Nothing is created: the nearest existing folder on the way is probed with a scratch file, so a
+    bad ``--out`` is found before a run, not after it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"output folder {str(out)!r} cannot be made: {str(existing)!r} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(out)!r} is not writable ({err.strerror or err})") from None
+    return out
 
 
 def write_outputs(result: RecoveryResult, out: str | os.PathLike[str]) -> list[Path]:

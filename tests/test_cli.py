@@ -206,3 +206,30 @@ def test_class_mismatch_on_evaluate(teacher_checkpoint, tmp_path, capsys):
         "5 classes",
         "predicts 10",
     )
+
+
+def test_a_bad_out_is_refused_before_the_run(teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch):
+    import dfkd_core.cli as cli
+
+    monkeypatch.setattr(cli, "recover", lambda *a, **k: pytest.fail("the run started despite a bad --out"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    base = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), *TINY_FLAGS]
+    _bad([*base, "--out", str(blocker)], capsys, "exists and is not a folder")
+    _bad([*base, "--out", str(blocker / "run")], capsys, "cannot be made", "is a file")
+
+
+def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import dfkd_core.cli as cli
+
+    def full_disk(result, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(cli, "write_outputs", full_disk)
+    args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(tmp_path / "run")]
+    assert main([*args, "--baselines", "none", *TINY_FLAGS]) == 2
+    captured = capsys.readouterr()
+    assert "recovered" in captured.out, "the summary is printed before the files are written"
+    assert "No space left on device" in captured.err and "Traceback" not in captured.err

@@ -63,8 +63,11 @@ def _is_image(path: str) -> bool:
 
 
 def _scan_class_folders(folder: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """Class names (sorted sub-folder names) and (file, label) pairs, like ImageFolder."""
-    classes = tuple(sorted(entry.name for entry in os.scandir(folder) if entry.is_dir()))
+    """Class names (sorted sub-folder names) and (file, label) pairs, like ImageFolder.
+
+    Hidden folders (``.ipynb_checkpoints``, ``.git``, ...) are not classes.
+    """
+    classes = tuple(sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")))
     samples = []
     for label, name in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(folder / name, followlinks=True)):

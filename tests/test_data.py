@@ -71,3 +71,11 @@ def test_train_subset_only_for_the_oracle(image_root, test_only_root):
     assert train_split_available(str(image_root)) and not train_split_available(str(test_only_root))
     with pytest.raises(FileNotFoundError, match="no train/"):
         load_train_subset(str(test_only_root), per_class=1)
+
+
+def test_hidden_folders_are_not_classes(image_root):
+    hidden = image_root / "test" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.new("RGB", (32, 32)).save(hidden / "cat-checkpoint.png")
+    data = load_eval_set(str(image_root))
+    assert ".ipynb_checkpoints" not in data.classes and len(data.classes) == 10 and len(data) == 40

@@ -12,6 +12,7 @@ what as many real training images would have bought.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Generator
@@ -64,6 +65,7 @@ __all__ = [
     "with_overrides",
 ]
 
+MAX_SEED = 2**63 - 1  # seeds are given to torch generators, and seed + 1 seeds the noise baseline
 BASELINES = (Network.NOISE.value, Network.REAL.value)  # same-budget baselines: distillation on noise, on real images
 
 
@@ -122,7 +124,7 @@ def with_overrides(
 class RecoveryConfig:
     """One recovery run. Only ``teacher`` is required; the rest defaults to the recommended setup."""
 
-    teacher: str  # registry id (see list_teachers()) or a checkpoint path
+    teacher: str  # registry id (see list_teachers()) or a checkpoint path (str or Path)
     data: str = "cifar10"  # evaluation data: "cifar10" or an ImageFolder directory (root with test/)
     sparsity: float = 0.75  # fraction of Conv2d/Linear weights removed by L1 magnitude
     scope: str = "global"  # "global" (one threshold over all layers, the paper's) or "layerwise"
@@ -136,8 +138,13 @@ class RecoveryConfig:
     normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
 
     def __post_init__(self) -> None:
+        for name in ("teacher", "data"):  # paths are welcome; the run (and its report) keeps them as text
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         check_sparsity(self.sparsity)
         check_scope(self.scope)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED - 1}, got {self.seed!r}")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")

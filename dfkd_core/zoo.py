@@ -9,6 +9,7 @@ uses ``weights_only=True``; nothing in a checkpoint is ever executed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,8 +52,11 @@ class Normalization:
     std: tuple[float, float, float]
 
     def __post_init__(self) -> None:
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"normalization needs 3 means and 3 positive stds, got mean={self.mean} std={self.std}")
+        finite = all(math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or not finite or min(self.std) <= 0:
+            raise ValueError(
+                f"normalization needs 3 finite means and 3 finite positive stds, got mean={self.mean} std={self.std}"
+            )
 
     @classmethod
     def parse(cls, spec: str | Normalization | dict[str, Any]) -> Normalization:
@@ -69,13 +73,13 @@ class Normalization:
             return named[spec.lower()]
         try:
             numbers = [float(v) for v in spec.split(",")]
-            if len(numbers) != 6:
-                raise ValueError
-            return cls(tuple(numbers[:3]), tuple(numbers[3:]))  # type: ignore[arg-type]
         except ValueError:
+            numbers = []
+        if len(numbers) != 6:
             raise ValueError(
                 f"unknown normalization {spec!r}; use 'imagenet', 'cifar10' or six numbers 'm1,m2,m3,s1,s2,s3'"
-            ) from None
+            )
+        return cls(tuple(numbers[:3]), tuple(numbers[3:]))  # type: ignore[arg-type]
 
     def _shaped(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

@@ -254,3 +254,17 @@ def test_with_overrides_switches_the_refit_on_and_off():
     assert with_overrides(PRESETS["quick"], {"steps": 5}).refit == PRESETS["quick"].refit
     with pytest.raises(ValueError, match="does not refit"):
         with_overrides(PRESETS["default"], refit={"damping": 0.1})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63 - 1, 2**64, 1.5, True])
+def test_bad_seed_is_refused_up_front(seed):
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
+        RecoveryConfig(teacher="akamaster/resnet20", seed=seed)
+
+
+def test_paths_are_accepted_for_teacher_and_data(teacher_checkpoint, image_root):
+    config = replace(
+        tiny_config(teacher_checkpoint, image_root, baselines=()), teacher=teacher_checkpoint, data=image_root
+    )
+    assert config.teacher == str(teacher_checkpoint) and config.data == str(image_root)
+    assert run_recovery(config).report()["teacher"] == str(teacher_checkpoint)

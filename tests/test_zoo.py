@@ -167,3 +167,9 @@ def test_registry_file_of_the_wrong_architecture(tmp_path, monkeypatch, teacher)
 def test_arch_flag_conflicting_with_registry():
     with pytest.raises(ValueError, match="is a akamaster_resnet20"):
         load_teacher("akamaster/resnet20", arch="resnet20")
+
+
+@pytest.mark.parametrize("spec", ["nan,0.5,0.5,0.2,0.2,0.2", "0.5,0.5,0.5,inf,0.2,0.2", "0.5,0.5,0.5,0.2,0,0.2"])
+def test_normalization_must_be_finite_and_positive(spec):
+    with pytest.raises(ValueError, match="3 finite means and 3 finite positive stds"):
+        Normalization.parse(spec)

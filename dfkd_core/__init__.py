@@ -22,7 +22,7 @@ from ._knobs import help_of
 from ._version import __version__
 from .architectures import create_model, list_architectures
 from .data import ImageSet, load_eval_set
-from .device import resolve_device
+from .device import limit_threads, resolve_device, usable_cpus
 from .distill import DistillConfig, distill, iter_distill
 from .dream import DreamConfig, DreamSet, dream, iter_dream
 from .evaluate import evaluate
@@ -89,7 +89,9 @@ __all__ = [
     "prune_model",
     "recover",
     "refit",
+    "limit_threads",
     "resolve_device",
+    "usable_cpus",
     "run_recovery",
     "save_checkpoint",
     "sparsity_report",

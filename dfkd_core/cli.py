@@ -19,6 +19,7 @@ from typing import Any
 
 from ._knobs import help_of
 from ._version import __version__
+from .device import limit_threads
 from .dream import DreamSet
 from .events import Finished
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
@@ -255,6 +256,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"teachers": _cmd_teachers, "evaluate": _cmd_evaluate, "recover": _cmd_recover, "demo": _cmd_demo}
+    limit_threads()
     try:
         return handlers[args.command](args)
     except (ValueError, FloatingPointError) as err:

@@ -501,9 +501,8 @@ def _dream_batch(
             metrics = {"loss": value, **{k: float(v.detach()) for k, v in terms.items()}}
             yield Progress(canvas.stage, first_step + t, total, metrics)
             shown = torch.cat(earlier + [norm.denormalize(x.detach()).clamp(0, 1).cpu()])
-            yield ImagesReady(
-                canvas.stage, first_step + t, shown, torch.cat(earlier_labels + [targets.cpu()]), canvas.teacher.classes
-            )
+            labels = torch.cat(earlier_labels + [targets.cpu()])
+            yield ImagesReady(canvas.stage, first_step + t, shown, labels, canvas.teacher.classes, total)
     return best_x, targets
 
 

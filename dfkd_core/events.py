@@ -45,6 +45,7 @@ class Stage(_Name):
 
     LOAD = "load"  # the teacher and the evaluation data
     PRUNE = "prune"  # remove weights: the student is born, and its accuracy falls
+    SHOWCASE = "showcase"  # a few dreams formed step by step with the recommended steps, to watch (when asked for)
     DREAM = "dream"  # DeepInversion synthesizes the transfer set out of the teacher's BatchNorm statistics
     REFIT = "refit"  # layer-wise least-squares refit of the pruned layers on the dreams (when the recipe has it)
     DISTILL = "distill"  # knowledge distillation from teacher to student on the dreams
@@ -91,10 +92,11 @@ class ImagesReady:
     """A snapshot of images being dreamed: pixels in [0, 1] on the CPU."""
 
     stage: Stage
-    step: int
+    step: int  # 1-based, counts up to ``total`` like :class:`Progress`
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    total: int = 0  # steps of the stage
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ __all__ = [
     "with_overrides",
 ]
 
+SHOWCASE_STEPS = DreamConfig().steps  # the showcase always gets the recommended step count: dreams that have formed
 MAX_SEED = 2**63 - 1  # seeds are given to torch generators, and seed + 1 seeds the noise baseline
 BASELINES = (Network.NOISE.value, Network.REAL.value)  # same-budget baselines: distillation on noise, on real images
 
@@ -134,6 +135,7 @@ class RecoveryConfig:
     eval_per_class: int = 0  # reported accuracies on this many test images per class (0 = full split)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
     seed: int = 0  # seeds pruning ties, dream initialization, labels and augmentation
+    showcase: int = 0  # dreams per class formed first, step by step, to watch (not part of the transfer set)
     arch: str | None = None  # architecture, for checkpoints that do not record it
     normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
 
@@ -150,6 +152,8 @@ class RecoveryConfig:
             raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
         if self.curve_per_class < 0 or self.eval_per_class < 0:
             raise ValueError("curve_per_class and eval_per_class must be >= 0 (0 = the full split)")
+        if isinstance(self.showcase, bool) or not isinstance(self.showcase, int) or self.showcase < 0:
+            raise ValueError(f"showcase must be a whole number of dreams per class >= 0, got {self.showcase!r}")
 
 
 @dataclass
@@ -172,6 +176,7 @@ class RecoveryResult:
     timings: dict[str, float]  # seconds per stage ("noise"/"real" for the baselines) and "total"
     eval_info: dict[str, Any]
     device: str
+    showcase: DreamSet | None = None  # the dreams formed to watch (config.showcase per class), if any
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
@@ -299,6 +304,22 @@ def _prune(run: _Run) -> Generator[Event, None, tuple[nn.Module, list[LayerSpars
     run.timings[Stage.PRUNE] = time.perf_counter() - t0
     yield StageFinished(Stage.PRUNE, run.timings[Stage.PRUNE], {"sparsity": sparsity, "layers": layers})
     return pruned, layers, sparsity
+
+
+def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
+    """A few dreams per class formed with the recommended step count and a snapshot every step, so a
+    viewer sees noise turn into pictures within seconds, whatever the transfer set's own recipe."""
+    per_class, teacher = run.config.showcase, run.teacher
+    assert teacher is not None
+    if not per_class:
+        return None
+    count = per_class * teacher.num_classes
+    config = replace(
+        run.config.recipe.dream, num_images=count, batch_size=count, steps=SHOWCASE_STEPS, preview_every=1, adi=0.0
+    )
+    showcase = yield from iter_dream(teacher, config, device=run.device, seed=run.config.seed, stage=Stage.SHOWCASE)
+    run.timings[Stage.SHOWCASE] = showcase.seconds
+    return showcase
 
 
 def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
@@ -447,7 +468,8 @@ def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[E
 def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator[Event, None, RecoveryResult]:
     """Run the full recovery, yielding events; returns (and emits as ``Finished``) the result.
 
-    Stages, in order (:class:`Stage`): load, prune (the accuracy cliff, on the curve subset), dream,
+    Stages, in order (:class:`Stage`): load, prune (the accuracy cliff, on the curve subset), showcase
+    (when ``config.showcase`` asks for it), dream,
     refit (when the recipe has it), distill (accuracy per epoch on the curve subset), baseline (once
     per requested baseline) and evaluate (the reported numbers, on the full split unless
     ``eval_per_class`` is set). Cheap checks come first and the full-split evaluation last, so
@@ -463,6 +485,7 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
     yield from _load(run, dreams)
     pruned, layers, sparsity = yield from _prune(run)
     student = clone_model(pruned)
+    showcase = yield from _showcase(run)
     dreams = yield from _dream(run, student, dreams)
     refit = yield from _refit(run, student, dreams)
     start = run.references[Network.REFIT if refit is not None else Network.PRUNED]
@@ -497,6 +520,7 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         timings={str(k): v for k, v in run.timings.items()},
         eval_info=run.eval_info(),
         device=str(run.device),
+        showcase=showcase,
     )
     yield Finished(result)
     return result

@@ -87,6 +87,23 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     assert isinstance(events[-1], Finished)
 
 
+def test_showcase_streams_every_step_first_and_leaves_the_recovery_unchanged(teacher_checkpoint, image_root):
+    events = list(recover(tiny_config(teacher_checkpoint, image_root, showcase=1, baselines=())))
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
+    assert stages[:4] == [Stage.LOAD, Stage.PRUNE, Stage.SHOWCASE, Stage.DREAM]
+    shown = [e for e in events if isinstance(e, ImagesReady) and e.stage is Stage.SHOWCASE]
+    steps = pipeline_module.SHOWCASE_STEPS
+    assert [e.step for e in shown] == list(range(1, steps + 1)), "a snapshot at every step of the recommended count"
+    assert {e.total for e in shown} == {steps} and len(shown[-1].images) == 10, "one dream per class"
+    result = events[-1].result
+    assert result.showcase is not None and result.showcase.steps == steps and len(result.dreams) == 20
+    assert "showcase" in result.report()["timings_s"]
+    plain = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=()))
+    assert result.recovered_acc == plain.recovered_acc and torch.equal(result.dreams.images, plain.dreams.images)
+    with pytest.raises(ValueError, match="showcase must be a whole number"):
+        tiny_config(teacher_checkpoint, image_root, showcase=-1)
+
+
 def test_result_and_report(teacher_checkpoint, image_root):
     result = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=("noise", "real")))
     report = result.report()
@@ -268,3 +285,23 @@ def test_paths_are_accepted_for_teacher_and_data(teacher_checkpoint, image_root)
     )
     assert config.teacher == str(teacher_checkpoint) and config.data == str(image_root)
     assert run_recovery(config).report()["teacher"] == str(teacher_checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs round up
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+        ({}, None),  # no cgroup at all
+    ],
+)
+def test_usable_cpus_follow_the_container_quota(tmp_path, files, expected):
+    from dfkd_core.device import usable_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cpus = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (min(cpus, expected) if expected else cpus)

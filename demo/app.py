@@ -5,10 +5,13 @@ Options: ``--host``/``--port``, ``--data`` (evaluation data: "cifar10", download
 use, or an ImageFolder root; env ``DFKD_DATA``), ``--teacher-dir`` (local checkpoints offered
 besides the registry, repeatable; env ``DFKD_TEACHERS``, a path list), ``--device``.
 
-The page renders the events of :func:`dfkd_core.recover` and nothing else: the pruning cliff,
-dreams forming class by class, the student's accuracy climbing back next to the teacher, the
+The page opens on a stored example (:mod:`demo.example`) and is served at once: first-use
+downloads run in the background (:mod:`demo.startup`) with their progress on the page. A run
+renders the events of :func:`dfkd_core.recover` and nothing else: the pruning cliff, a showcase
+of dreams forming step by step, the student's accuracy climbing back next to the teacher, the
 pruned level and the same recipe on noise, then a summary table and the files to download. Each
-browser session has its own run; Stop cancels within a few seconds and frees the run's memory.
+browser session has its own run and files (:mod:`demo.sessions`); Stop cancels within a few
+seconds and frees the run's memory, and a closed tab's files are deleted.
 
 The controls come from :data:`demo.settings.CONTROLS` and the outputs from
 :data:`demo.views.OUTPUTS`; the Run event takes the controls' values in the table's order.
@@ -22,10 +25,9 @@ import inspect
 import itertools
 import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,18 +40,22 @@ if __package__ in (None, ""):  # started as a script (python demo/app.py, a Hugg
 import gradio as gr
 import torch
 
+from demo.example import example_outputs
 from demo.runner import (
     UPDATE_INTERVAL_S,
     ZERO_GPU,
     Failure,
     RunPlan,
+    data_label,
     find_local_teachers,
     friendly_error,
+    local_teacher_names,
     preparations,
     stream_run,
     teacher_choices,
     teacher_label,
 )
+from demo.sessions import RunControl, Sessions
 from demo.settings import (
     BUDGETS,
     CONTROL_NAMES,
@@ -61,18 +67,24 @@ from demo.settings import (
     parse_settings,
     recipe_values,
 )
+from demo.startup import Preparation, Step
 from demo.views import OUTPUTS, SUMMARY_HEADERS, LiveView
 from dfkd_core import resolve_device
 from dfkd_core.data import load_eval_set
+from dfkd_core.device import limit_threads
 from dfkd_core.zoo import CHECKPOINT_SUFFIXES
 
-__all__ = ["AppOptions", "RunControl", "build_app", "create_app", "main", "serve_locally"]
+__all__ = ["AppOptions", "build_app", "create_app", "main", "serve_locally"]
 
 log = logging.getLogger("dfkd.demo")
 
 DEFAULT_TEACHER = "akamaster/resnet20"
-CPU_PREVIEW_EVERY = 5  # a CPU step takes ~0.5 s: a snapshot every few steps (and after the first) keeps the page live
-INTRO = """
+PAPER_URL = "https://arxiv.org/abs/2511.20702"
+DEEPINVERSION_URL = "https://arxiv.org/abs/1912.08795"
+DOWNLOAD_STALL_S = 60  # a first-use download that receives nothing for this long fails instead of hanging
+RUN_MINUTES = 60.0  # the longest run the app allows: a Best run of a ResNet-20 on 2 CPU cores fits
+STARTUP_POLL_S = 1.0  # how often the page asks how the start-up goes, while it goes on
+INTRO = f"""
 # Give a pruned network its accuracy back, without a single training image
 
 1. **Prune**: remove most of the weights of a pretrained CIFAR-10 classifier and watch its accuracy fall off a cliff.
@@ -81,8 +93,16 @@ INTRO = """
 3. **Refit and distill**: the pruned network learns to answer like the original on those dreams, and its accuracy
    climbs back, next to what the same recipe on plain noise gives.
 
-Pick a teacher and a sparsity, then press **Run**.
+Pick a teacher and a sparsity, then press **Run**. The method: [the paper]({PAPER_URL}), after
+[DeepInversion]({DEEPINVERSION_URL}) (Yin et al., CVPR 2020).
 """
+CSS = """
+#dreams .caption-label { font-size: 0.8em; }
+@media (max-width: 640px) {  /* a phone: two tiles across instead of five */
+  #dreams .grid-container { grid-template-columns: repeat(2, minmax(100px, 1fr)) !important; }
+}
+"""
+THEME = gr.themes.Soft(primary_hue="indigo", font=("ui-sans-serif", "system-ui", "sans-serif"))
 
 Component = gr.components.Component
 
@@ -96,32 +116,7 @@ class AppOptions:
     device: str = "auto"
     concurrency: int = 1  # runs at a time; one GPU serves one run well
     update_interval: float = UPDATE_INTERVAL_S  # seconds between page updates of the same kind
-
-
-class RunControl:
-    """One browser session's own state: its Stop flag and the folder holding its downloads."""
-
-    def __init__(self) -> None:
-        self.stop_requested = False
-        self.running = False
-        self.out_dir: str | None = None
-
-    def new_run_dir(self) -> str:
-        """A fresh folder for this run's downloads (the previous run's is deleted)."""
-        self.discard()
-        self.out_dir = tempfile.mkdtemp(prefix="dfkd-demo-")
-        return self.out_dir
-
-    def discard(self) -> None:
-        """Delete the current run's downloads."""
-        if self.out_dir:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.out_dir = None
-
-    def close(self) -> None:
-        """The session ended (tab closed): stop its run and delete its files."""
-        self.stop_requested = True
-        self.discard()
+    run_minutes: float = RUN_MINUTES  # a run is ended after this long, so no visitor holds the app for hours
 
 
 def describe_device(device: str) -> tuple[str, bool]:
@@ -140,7 +135,10 @@ def describe_device(device: str) -> tuple[str, bool]:
 
 def default_teacher(local: Sequence[Path]) -> str:
     """The smallest local checkpoint (the quickest to run) if there is one, else a registry ResNet-20."""
-    return str(min(local, key=lambda p: p.stat().st_size)) if local else DEFAULT_TEACHER
+    if not local:
+        return DEFAULT_TEACHER
+    smallest = min(local, key=lambda p: p.stat().st_size)
+    return next(name for name, path in local_teacher_names(local).items() if path == smallest)
 
 
 @dataclass(frozen=True)
@@ -149,22 +147,27 @@ class Deployment:
 
     options: AppOptions
     teachers: tuple[tuple[str, str], ...]  # the teacher dropdown's (label, value) pairs
+    local: dict[str, Path]  # local checkpoints by the name the page uses for them
     device_text: str
     on_gpu: bool
+    preparation: Preparation  # first-use downloads, in the background after launch
+    sessions: Sessions
 
     @classmethod
-    def of(cls, options: AppOptions) -> Deployment:
+    def of(cls, options: AppOptions, preparation: Preparation | None = None) -> Deployment:
         device_text, on_gpu = describe_device(options.device)
-        return cls(options, tuple(teacher_choices(options.teachers)), device_text, on_gpu)
+        if preparation is None:
+            steps = preparations(options.data, default_teacher(options.teachers))
+            steps.append(Step("reading the evaluation images", lambda: load_eval_set(options.data)))
+            preparation = Preparation(steps, friendly_error)
+        local = local_teacher_names(options.teachers)
+        return cls(
+            options, tuple(teacher_choices(options.teachers)), local, device_text, on_gpu, preparation, Sessions()
+        )
 
     @property
     def default_budget(self) -> str:
         return "default" if self.on_gpu else "quick"
-
-    @property
-    def preview_every(self) -> int:
-        """Dreaming steps between snapshots: the preset's on a GPU, fewer on a CPU, whose steps are slow."""
-        return BUDGETS[self.default_budget].recipe.dream.preview_every if self.on_gpu else CPU_PREVIEW_EVERY
 
     def choices(self) -> dict[str, list[tuple[str, str]]]:
         """The (label, value) pairs of every control that offers choices."""
@@ -187,7 +190,25 @@ def control_component(control: Control, value: Any, choices: Sequence[tuple[str,
     return gr.Number(value, precision=0 if control.whole else None, **common)
 
 
-def _controls_column(deployment: Deployment) -> tuple[dict[str, Component], dict[str, Component], gr.Button]:
+def _header(deployment: Deployment) -> gr.Markdown:
+    """The introduction, where runs happen, the Duplicate button on a Space, and the start-up status."""
+    space = os.environ.get("SPACE_ID")
+    code = f" · [the code](https://huggingface.co/spaces/{space}/tree/main)" if space else ""
+    gr.Markdown(INTRO.rstrip() + code)
+    quick = BUDGETS["quick"].label
+    with gr.Row(equal_height=True):
+        gr.Markdown(
+            f"Runs on **{deployment.device_text}**. Accuracy is measured on {data_label(deployment.options.data)}."
+            + ("" if deployment.on_gpu else f" Without a GPU, use the {quick} budget.")
+        )
+        if space:  # the button does nothing off Spaces
+            gr.DuplicateButton("Duplicate this Space: your own hardware and GPU quota", scale=0)
+    return gr.Markdown(deployment.preparation.status(), elem_id="startup")
+
+
+def _controls_column(
+    deployment: Deployment, shown: dict[str, Any]
+) -> tuple[dict[str, Component], dict[str, Component], gr.Button]:
     """The controls (in table order, advanced ones in a collapsed panel), Run, Stop and the status.
 
     Returns the controls by name, the outputs this column holds (status, run) and the Stop button.
@@ -202,15 +223,17 @@ def _controls_column(deployment: Deployment) -> tuple[dict[str, Component], dict
     with gr.Row():
         run_button = gr.Button("Run", variant="primary", elem_id="run")
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-    status = gr.HTML("Press Run to start.", label="Progress", elem_id="status")
+    status = gr.HTML(shown.get("status", "Press Run to start."), label="Progress", elem_id="status")
     return controls, {"status": status, "run": run_button}, stop_button
 
 
-def _results_column() -> dict[str, Component]:
-    """The dreams, the plots, the tables and the downloads, by output name (also their HTML ids)."""
-    shown: dict[str, Component] = {}
-    shown["dreams"] = gr.Gallery(
-        label="Dreams: one tile per class, refreshed as they form",
+def _results_column(shown: dict[str, Any]) -> dict[str, Component]:
+    """The dreams, the plots, the tables and the downloads, by output name (also their HTML ids); ``shown``
+    holds their first values (the stored example)."""
+    outputs: dict[str, Component] = {}
+    outputs["dreams"] = gr.Gallery(
+        shown.get("dreams"),
+        label="Dreams forming out of noise, one tile per class",
         columns=5,
         height="auto",
         object_fit="contain",
@@ -218,20 +241,26 @@ def _results_column() -> dict[str, Component]:
         elem_id="dreams",
     )
     with gr.Row():
-        shown["losses"] = gr.Plot(label="Dreaming losses", show_label=False, elem_id="losses")
+        outputs["losses"] = gr.Plot(shown.get("losses"), label="Dreaming losses", show_label=False, elem_id="losses")
         recovering = "Accuracy of the pruned student while it recovers"
-        shown["accuracy"] = gr.Plot(label=recovering, show_label=False, elem_id="accuracy")
-    shown["layers"] = gr.Plot(label="Weights removed per layer", show_label=False, elem_id="layers")
-    shown["summary"] = gr.Dataframe(headers=SUMMARY_HEADERS, label="Summary", interactive=False, elem_id="summary")
+        outputs["accuracy"] = gr.Plot(shown.get("accuracy"), label=recovering, show_label=False, elem_id="accuracy")
+    outputs["layers"] = gr.Plot(
+        shown.get("layers"), label="Weights removed per layer", show_label=False, elem_id="layers"
+    )
+    outputs["summary"] = gr.Dataframe(
+        shown.get("summary"), headers=SUMMARY_HEADERS, label="Summary", interactive=False, elem_id="summary"
+    )
     with gr.Accordion("Accuracy per epoch (live subset)", open=False):
-        shown["log"] = gr.Dataframe(headers=["epoch", "accuracy (%)"], interactive=False, elem_id="log")
-    shown["files"] = gr.File(
+        outputs["log"] = gr.Dataframe(
+            shown.get("log"), headers=["epoch", "accuracy (%)"], interactive=False, elem_id="log"
+        )
+    outputs["files"] = gr.File(
         label="Downloads: recovered checkpoint (pruning made permanent), dreams, report",
         file_count="multiple",
         interactive=False,
         elem_id="files",
     )
-    return shown
+    return outputs
 
 
 # --- running -----------------------------------------------------------------------------------------------
@@ -243,6 +272,12 @@ class _UserFacing(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+SHARED_GPU_HINT = (
+    "The GPU of this Space is shared and each visitor has a daily quota: choose the Quick budget, try again later, "
+    "or duplicate the Space to run on your own hardware."
+)
 
 
 class RunHandler:
@@ -258,36 +293,49 @@ class RunHandler:
             gr.Warning(changed.pop("warning"))
         return {self.outputs[name]: value for name, value in changed.items()}
 
-    def plan(self, values: Sequence[Any], out_dir: str) -> RunPlan:
+    def plan(self, values: Sequence[Any], out_dir: Path) -> RunPlan:
         """The controls' values (in table order) checked and joined with where the app runs them."""
-        choices = {"teacher": [value for _, value in self.deployment.teachers]}
-        options = self.deployment.options
+        deployment = self.deployment
+        choices = {"teacher": [value for _, value in deployment.teachers]}
+        settings = parse_settings(by_name(values), choices)
+        local = deployment.local.get(settings.teacher)
         return RunPlan(
-            settings=parse_settings(by_name(values), choices),
-            data=options.data,
-            device=options.device,
-            preview_every=self.deployment.preview_every,
-            update_interval=options.update_interval,
-            out_dir=out_dir,
+            settings=settings,
+            data=deployment.options.data,
+            teacher=str(local) if local else "",
+            device=deployment.options.device,
+            update_interval=deployment.options.update_interval,
+            out_dir=str(out_dir),
         )
 
-    def run(self, session: RunControl, *values: Any) -> Iterator[dict[Component, Any]]:
+    def run(self, request: gr.Request, *values: Any) -> Iterator[dict[Component, Any]]:
         """One recovery for this session; ``values`` are the controls' values in :data:`CONTROL_NAMES` order."""
+        sessions = self.deployment.sessions
+        sessions.sweep()
+        session = sessions[request.session_hash]
         session.stop_requested, session.running = False, True
         view: LiveView | None = None
         try:
-            plan = self.plan(values, session.new_run_dir())
+            plan = self.plan(values, session.new_run_dir(sessions.root))
             settings = plan.settings
             refits = plan.config().recipe.refit is not None
             device = self.deployment.device_text
-            view = LiveView(teacher_label(settings.teacher), settings.sparsity, settings.epochs, device, refit=refits)
+            title = teacher_label(settings.teacher)
+            view = LiveView(title, settings.sparsity, settings.epochs, device, refit=refits, showcase=plan.showcase)
             budget = BUDGETS[settings.budget]
             if budget.needs_gpu and not self.deployment.on_gpu:
                 gr.Warning(f"The {budget.label} budget is sized for a GPU; on this CPU it takes a long time.")
             cleared = {name: None for name in OUTPUTS if name not in ("status", "run")}
             yield self.show({**cleared, "log": [], "run": gr.Button(interactive=False), "status": view.status()})
+            yield from self._await_startup(view)
             yield from self._prepare(plan, view)
             yield from self._stream(plan, view, session)
+        except gr.Error as err:  # from the spaces package (ZeroGPU quota, an aborted GPU task): passed on as is
+            log.info("run refused by the GPU scheduler: %s", err.message)
+            message = f"{err.message} {SHARED_GPU_HINT}"
+            failed = view.failed(message) if view else {"status": f"<b>Failed</b><br>{html.escape(message)}"}
+            yield self.show({**failed, "run": gr.Button(interactive=True)})
+            raise
         except Exception as err:
             message = self._explain(err)
             failed = view.failed(message) if view else {"status": f"<b>Failed</b><br>{html.escape(message)}"}
@@ -296,21 +344,37 @@ class RunHandler:
         finally:
             session.running = False
 
-    def _prepare(self, plan: RunPlan, view: LiveView) -> Iterator[dict[Component, Any]]:
-        """First-use downloads, each announced in the status before it starts."""
-        for message, action in preparations(plan):
-            view.note = message
+    def _await_startup(self, view: LiveView) -> Iterator[dict[Component, Any]]:
+        """Wait for the start-up's downloads, saying so; their failure is this run's."""
+        preparation = self.deployment.preparation
+        while not preparation.wait(STARTUP_POLL_S):
+            view.note = f"Waiting for the app to finish starting. {preparation.status()}"
             yield self.show({"status": view.status()})
-            action()
+        if preparation.error:
+            raise _UserFacing(preparation.status())
+
+    def _prepare(self, plan: RunPlan, view: LiveView) -> Iterator[dict[Component, Any]]:
+        """First-use downloads of this run's choices, each announced in the status before it starts."""
+        for step in preparations(plan.data, plan.teacher or plan.settings.teacher):
+            view.note = step.message[:1].upper() + step.message[1:] + "..."
+            yield self.show({"status": view.status()})
+            step.action()
 
     def _stream(self, plan: RunPlan, view: LiveView, session: RunControl) -> Iterator[dict[Component, Any]]:
         """The worker's events as page updates, until the run ends or this session presses Stop."""
         worker = stream_run(plan)
+        minutes = self.deployment.options.run_minutes
+        deadline = time.monotonic() + 60 * minutes
         try:
             for item in worker:
                 if session.stop_requested:
                     yield self.show({**view.stopped(), "run": gr.Button(interactive=True)})
                     return
+                if time.monotonic() > deadline:
+                    raise _UserFacing(
+                        f"This run reached the app's limit of {minutes:g} minutes per run, so that every visitor "
+                        "gets a turn. Choose a smaller budget, or run dfkd recover on your own machine."
+                    )
                 if isinstance(item, Failure):
                     raise _UserFacing(item.message)
                 changed = view.apply(item)
@@ -331,37 +395,57 @@ class RunHandler:
         return message
 
 
-def stop_run(session: RunControl) -> tuple[str, gr.Button]:
-    """Ask this session's run to end (the Stop button also cancels the run's event): status and Run button."""
-    was_running = session.running
-    session.stop_requested = True
-    text = "Stopped. Press Run to start again." if was_running else "Nothing is running."
-    return f"<b>{text}</b>", gr.Button(interactive=True)
+def _session_events(sessions: Sessions) -> tuple[Callable[..., Any], Callable[..., None]]:
+    """Stop (this session's run) and the end of a session (its tab closed), both found by session hash."""
+
+    def stop_run(request: gr.Request) -> tuple[str, gr.Button]:
+        """Ask this session's run to end (the Stop button also cancels the run's event): status and Run button."""
+        session = sessions[request.session_hash]
+        was_running = session.running
+        session.stop_requested = True
+        text = "Stopped. Press Run to start again." if was_running else "Nothing is running."
+        return f"<b>{text}</b>", gr.Button(interactive=True)
+
+    def end_session(request: gr.Request) -> None:
+        sessions.close(request.session_hash)
+
+    return stop_run, end_session
 
 
 def _named_inputs(run: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    """``run(session, *values)`` with one named parameter per control, so /run API clients can pass
+    """``run(request, *values)`` with one named parameter per control, so /run API clients can pass
     the controls by name (the library's field names) instead of by position."""
 
     def run_by_name(*inputs: Any) -> Iterator[Any]:
         yield from run(*inputs)
 
-    names = ("session", *CONTROL_NAMES)
-    run_by_name.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
-    )
+    parameters = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
+    parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in CONTROL_NAMES]
+    run_by_name.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run_by_name.__annotations__ = {"request": gr.Request}  # how Gradio finds the parameter it fills itself
     run_by_name.__doc__ = run.__doc__
     return run_by_name
 
 
+def _startup_events(app: gr.Blocks, startup: gr.Markdown, preparation: Preparation) -> None:
+    """The start-up status on the page: current at each page load, polled while the preparation goes on."""
+
+    def current() -> tuple[str, gr.Timer]:
+        return preparation.status(), gr.Timer(active=not preparation.done)
+
+    timer = gr.Timer(STARTUP_POLL_S, active=not preparation.done)
+    timer.tick(current, None, [startup, timer], queue=False, show_progress="hidden")
+    app.load(current, None, [startup, timer], queue=False, show_progress="hidden", api_name="startup")
+
+
 def _wire_events(
-    session: gr.State, controls: dict[str, Component], outputs: dict[str, Component], stop: gr.Button, run: RunHandler
+    app: gr.Blocks, controls: dict[str, Component], outputs: dict[str, Component], stop: gr.Button, run: RunHandler
 ) -> None:
-    """Run (inputs: the controls in table order), Stop, and a budget change filling in its recipe."""
+    """Run (inputs: the controls in table order), Stop, a budget change filling in its recipe, a closed tab."""
     concurrency = run.deployment.options.concurrency
     run_event = outputs["run"].click(
         _named_inputs(run.run),
-        [session, *(controls[name] for name in CONTROL_NAMES)],
+        [controls[name] for name in CONTROL_NAMES],
         [outputs[name] for name in OUTPUTS],
         api_name="run",
         concurrency_limit=concurrency,
@@ -369,42 +453,52 @@ def _wire_events(
         show_progress="minimal",
         show_progress_on=[outputs["status"]],
     )
+    stop_run, end_session = _session_events(run.deployment.sessions)
     stop.click(
         stop_run,
-        session,
+        None,
         [outputs["status"], outputs["run"]],
         api_name="stop",
         cancels=[run_event],
         concurrency_limit=None,
     )
     controls["budget"].change(
-        recipe_values, controls["budget"], [controls[c.name] for c in RECIPE_CONTROLS], api_visibility="private"
+        recipe_values,
+        controls["budget"],
+        [controls[c.name] for c in RECIPE_CONTROLS],
+        api_visibility="private",
+        queue=False,  # works even while the queue is full
     )
+    app.unload(end_session)
 
 
-def build_app(options: AppOptions) -> gr.Blocks:
-    """The page and its events (not yet queued or launched; :func:`create_app` does the queueing)."""
-    deployment = Deployment.of(options)
+def build_app(options: AppOptions, preparation: Preparation | None = None) -> gr.Blocks:
+    """The page and its events (not yet queued or launched; :func:`create_app` does the queueing).
+
+    ``preparation``: the start-up's downloads (default: the evaluation data and the default
+    teacher, when missing); :func:`main` starts it once the page is served.
+    """
+    deployment = Deployment.of(options, preparation)
+    shown = example_outputs()
     with gr.Blocks(title="dfkd: data-free recovery of pruned networks", delete_cache=(3600, 3600)) as app:
-        session = gr.State(RunControl(), delete_callback=lambda c: c.close())
-        gr.Markdown(INTRO)
-        quick = BUDGETS["quick"].label
-        gr.Markdown(
-            f"Runs on **{deployment.device_text}**. Evaluation data: `{options.data}`."
-            + ("" if deployment.on_gpu else f" Without a GPU, use the {quick} budget.")
-        )
+        startup = _header(deployment)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                controls, outputs, stop = _controls_column(deployment)
+                controls, outputs, stop = _controls_column(deployment, shown)
             with gr.Column(scale=2):
-                outputs.update(_results_column())
-        _wire_events(session, controls, outputs, stop, RunHandler(deployment, outputs))
+                outputs.update(_results_column(shown))
+        _wire_events(app, controls, outputs, stop, RunHandler(deployment, outputs))
+        _startup_events(app, startup, deployment.preparation)
+    app.deployment = deployment  # type: ignore[attr-defined]  # for main() and the tests
     return app
 
 
-def create_app(options: AppOptions) -> gr.Blocks:
+def create_app(options: AppOptions, preparation: Preparation | None = None) -> gr.Blocks:
     """The app with its queue: ``options.concurrency`` runs at a time, the rest wait their turn."""
-    return build_app(options).queue(max_size=32, default_concurrency_limit=options.concurrency)
+    return build_app(options, preparation).queue(max_size=32, default_concurrency_limit=options.concurrency)
+
+
+LAUNCH = {"theme": THEME, "css": CSS, "max_file_size": "1mb"}  # the page never takes uploads
 
 
 def _free_port() -> int:
@@ -414,23 +508,25 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve_locally(options: AppOptions) -> Iterator[str]:
-    """The app as ``python demo/app.py`` serves it (same queue), on a free local port; yields its URL."""
-    app = create_app(options)
-    app.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+def serve_locally(options: AppOptions, preparation: Preparation | None = None) -> Iterator[gr.Blocks]:
+    """The app as ``python demo/app.py`` serves it (same queue, start-up started after launch), on a free
+    local port; yields it (``app.local_url``, ``app.deployment``)."""
+    app = create_app(options, preparation)
+    app.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True, **LAUNCH)
+    app.deployment.preparation.start()
     try:
-        yield app.local_url
+        yield app
     finally:
         app.close()
+        app.deployment.sessions.close_all()
 
 
-def warm_up(data: str) -> None:
-    """Load (and, for "cifar10", download) the evaluation data once at start, so the first Run is quick."""
-    print(f"dfkd demo: preparing the evaluation data {data!r} (downloaded or decoded on first use)...", flush=True)
-    try:
-        load_eval_set(data)
-    except Exception as err:  # the Run button will show the same problem in plain words
-        print(f"dfkd demo: warning: {friendly_error(err)}", file=sys.stderr, flush=True)
+def _persistent_storage() -> None:
+    """On a Space with a storage volume at /data, keep downloads there: a restart then finds them."""
+    data = Path("/data")
+    if data.is_dir() and os.access(data, os.W_OK):
+        os.environ.setdefault("DFKD_DATA_DIR", str(data / "dfkd"))
+        os.environ.setdefault("TORCH_HOME", str(data / "torch"))
 
 
 def _path_list(value: str | None) -> list[str]:
@@ -467,18 +563,39 @@ def _arguments() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=os.environ.get("DFKD_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--concurrency", type=int, default=1, help="runs at a time (default 1: one GPU, one run)")
+    parser.add_argument(
+        "--run-minutes",
+        type=float,
+        default=float(os.environ.get("DFKD_RUN_MINUTES", RUN_MINUTES)),
+        help=f"a run is ended after this many minutes (env DFKD_RUN_MINUTES; default {RUN_MINUTES:g})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    limit_threads()
+    _persistent_storage()
+    # torchvision's and torch.hub's downloads set no timeout: a stalled host must fail the start-up, not hang it.
+    socket.setdefaulttimeout(DOWNLOAD_STALL_S)
     teachers = find_local_teachers(_path_list(os.environ.get("DFKD_TEACHERS")) + args.teacher_dir)
+    if not args.run_minutes > 0:
+        raise SystemExit(f"dfkd demo: --run-minutes must be above 0, got {args.run_minutes}")
     options = AppOptions(
-        data=args.data, teachers=tuple(teachers), device=args.device, concurrency=max(1, args.concurrency)
+        data=args.data,
+        teachers=tuple(teachers),
+        device=args.device,
+        concurrency=max(1, args.concurrency),
+        run_minutes=args.run_minutes,
     )
-    warm_up(options.data)
-    create_app(options).launch(server_name=args.host, server_port=args.port)
+    app = create_app(options)
+    app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH)
+    app.deployment.preparation.start()  # after launch: the page is served while the downloads run
+    try:
+        app.block_thread()
+    finally:
+        app.deployment.sessions.close_all()
     return 0
 
 

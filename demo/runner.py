@@ -14,6 +14,7 @@ message says, in plain words, what went wrong and what to do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -36,8 +37,8 @@ from dfkd_core import (
     RecoveryConfig,
     RecoveryResult,
     recover,
-    with_overrides,
 )
+from dfkd_core.architectures import create_model
 from dfkd_core.data import default_data_dir, load_eval_set
 from dfkd_core.outputs import write_outputs
 from dfkd_core.prune import count_nonzero_parameters
@@ -52,6 +53,7 @@ from dfkd_core.zoo import (
 )
 
 from .settings import BUDGETS, InputError, Settings
+from .startup import Step
 
 try:  # Hugging Face ZeroGPU: present on Spaces, absent (and not needed) everywhere else
     import spaces
@@ -63,7 +65,9 @@ __all__ = [
     "Outcome",
     "RunPlan",
     "find_local_teachers",
+    "data_label",
     "friendly_error",
+    "local_teacher_names",
     "preparations",
     "stream_run",
     "teacher_choices",
@@ -73,8 +77,13 @@ __all__ = [
 
 log = logging.getLogger("dfkd.demo")
 
-UPDATE_INTERVAL_S = 1.0  # at most one progress and one image update per this many seconds
-DREAMS_PER_CLASS = 9  # dreams of each class the page shows (a 3 x 3 tile)
+UPDATE_INTERVAL_S = 0.5  # at most one progress and one image update per this many seconds: a lively showcase
+DREAMS_PER_CLASS = 9  # dreams of each class the page shows when there is no showcase (a 3 x 3 tile)
+CIFAR10_MB = 170  # the CIFAR-10 archive torchvision downloads (train and test together)
+REFERENCE_ARCH = "akamaster_resnet20"  # the budgets' GPU seconds are sized for this teacher
+MIN_GPU_SECONDS, MAX_GPU_SECONDS = 30, 300  # ZeroGPU requests: room for start-up; the longest Spaces grants
+SHOWCASE_PER_CLASS = 2  # showcase dreams per class: 20 x 200 steps take ~8 s for a ResNet-20 on 2 CPU cores
+SHOWCASE_CPU_SECONDS = 45  # from Run to a formed showcase, ResNet-20 on 2 CPU cores shared with the browser, at most
 DOWNLOADS = ("student.pt", "dreams.png", "dreams.pt", "report.json")  # offered for download, in this order
 
 
@@ -87,8 +96,9 @@ class RunPlan:
 
     settings: Settings
     data: str  # evaluation data: "cifar10" or an ImageFolder root
+    teacher: str = ""  # the registry id or checkpoint path the teacher choice stands for ("" = the choice itself)
     device: str = "auto"
-    preview_every: int = 10  # dreaming steps between dream snapshots
+    showcase: int = SHOWCASE_PER_CLASS  # dreams per class formed first for the visitor to watch
     update_interval: float = UPDATE_INTERVAL_S  # seconds between two progress (or two image) updates
     out_dir: str = ""  # where the downloads are written
 
@@ -96,15 +106,16 @@ class RunPlan:
         """The pipeline configuration: the budget's recipe with the user's controls applied."""
         settings = self.settings
         return RecoveryConfig(
-            teacher=settings.teacher,
+            teacher=self.teacher or settings.teacher,
             data=self.data,
             sparsity=settings.sparsity,
-            recipe=with_overrides(settings.recipe(), dream={"preview_every": self.preview_every}),
+            recipe=settings.recipe(),
             baselines=("noise",),
             curve_per_class=BUDGETS[settings.budget].curve_per_class,
             eval_per_class=0,
             device=self.device,
             seed=settings.seed,
+            showcase=self.showcase,
         )
 
 
@@ -127,18 +138,28 @@ def find_local_teachers(entries: Iterable[str]) -> list[Path]:
     return list(unique)
 
 
+def local_teacher_names(local: Iterable[Path]) -> dict[str, Path]:
+    """Local checkpoints by the name the page shows and sends for them: the file name (with its folder's
+    name when two files share one), so no server path ever reaches the page."""
+    paths = list(local)
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.name] = counts.get(path.name, 0) + 1
+    return {(p.name if counts[p.name] == 1 else f"{p.parent.name}/{p.name}"): p for p in paths}
+
+
 def teacher_choices(local: Iterable[Path]) -> list[tuple[str, str]]:
-    """Dropdown (label, value) pairs: the registry grouped by family, then local checkpoints."""
+    """Dropdown (label, value) pairs: the registry grouped by family, then local checkpoints by name."""
     records = sorted((get_pretrained(i) for i in list_teachers()), key=lambda r: (FAMILIES.index(r.family), r.id))
     choices = [(f"{r.family} · {r.id} ({r.reported_acc:.2f}% reported)", r.id) for r in records]
-    return choices + [(f"Local · {p.name}", str(p)) for p in local]
+    return choices + [(f"Local · {name}", name) for name in local_teacher_names(local)]
 
 
 def teacher_option(teacher: str) -> tuple[tuple[Path, ...], str]:
     """A script's ``--teacher`` (registry id or checkpoint path) as (local checkpoints to offer, the choice)."""
     if Path(teacher).expanduser().is_file():
         local = tuple(find_local_teachers([teacher]))
-        return local, str(local[0])
+        return local, next(iter(local_teacher_names(local)))
     return (), teacher
 
 
@@ -150,19 +171,34 @@ def teacher_label(teacher: str) -> str:
 # --- preparing, running, reporting ----------------------------------------------------------------------
 
 
-def preparations(plan: RunPlan) -> list[tuple[str, Callable[[], object]]]:
-    """Downloads a run needs first, as (message, action): done on the CPU side, before any GPU is taken."""
-    steps: list[tuple[str, Callable[[], object]]] = []
-    teacher = plan.settings.teacher
-    if teacher in list_teachers():
-        cached = cached_weights_path(get_pretrained(teacher))
-        if not cached.is_file():
-            message = f"Downloading the weights of {teacher} into {cached.parent} (first use only)..."
-            steps.append((message, lambda: load_teacher(teacher, progress=False)))
+def data_label(data: str) -> str:
+    """The evaluation data in words for the page: no server path, only what it is."""
+    return "the CIFAR-10 test split" if data.lower() == "cifar10" else f"the test split of {Path(data).name!r}"
+
+
+def _downloaded(folder: Path, total_mb: float) -> Callable[[], str]:
+    """How much of a download has reached ``folder`` so far, e.g. ``42 of 170 MB``."""
+
+    def progress() -> str:
+        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
+        return f"{size / 1e6:.0f} of {total_mb:.0f} MB"
+
+    return progress
+
+
+def preparations(data: str, teacher: str) -> list[Step]:
+    """Downloads a run needs first (each once): done on the CPU side, before any GPU is taken."""
+    steps: list[Step] = []
     cifar = default_data_dir() / "cifar10"
-    if plan.data.lower() == "cifar10" and not (cifar / "cifar-10-batches-py").is_dir():
-        message = f"Downloading CIFAR-10 (about 170 MB) into {cifar} (first use only)..."
-        steps.append((message, lambda: load_eval_set("cifar10")))
+    if data.lower() == "cifar10" and not (cifar / "cifar-10-batches-py").is_dir():
+        message = "downloading CIFAR-10's test split (first start only)"
+        steps.append(Step(message, lambda: load_eval_set("cifar10"), _downloaded(cifar, CIFAR10_MB)))
+    if teacher in list_teachers() and not cached_weights_path(get_pretrained(teacher)).is_file():
+        steps.append(
+            Step(
+                f"downloading the weights of {teacher} (first use only)", lambda: load_teacher(teacher, progress=False)
+            )
+        )
     return steps
 
 
@@ -233,7 +269,8 @@ def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
 
 
 class _Thinner:
-    """Passes every event on, except that Progress and ImagesReady come at most once per interval each."""
+    """Passes every event on, except that Progress and ImagesReady come at most once per interval each
+    (and always at a stage's last step)."""
 
     def __init__(self, interval: float):
         self.interval = interval
@@ -243,7 +280,7 @@ class _Thinner:
         if not isinstance(event, (Progress, ImagesReady)):
             return True
         now = time.monotonic()
-        last_step = isinstance(event, Progress) and event.step == event.total
+        last_step = event.step == event.total
         if last_step or now - self.last.get(type(event), -math.inf) >= self.interval:
             self.last[type(event)] = now
             return True
@@ -305,14 +342,47 @@ def stream_run(plan: RunPlan) -> Iterator[Event | Outcome | Failure]:
             torch.cuda.empty_cache()
 
 
+@functools.lru_cache(maxsize=32)
+def _multiply_adds(arch: str) -> int:
+    """Multiply-adds of one 32x32 forward pass of ``arch`` (Conv2d and Linear layers)."""
+    model = create_model(arch)
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += module.weight.numel() * (output[0, 0].numel() if output.dim() == 4 else 1)
+
+    handles = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, 32, 32))
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def _architecture_cost(plan: RunPlan) -> float:
+    """The teacher's cost per image next to a ResNet-20's, which the budgets' GPU seconds are sized for
+    (at least 1: small networks on a GPU are bound by launch overheads, not by arithmetic)."""
+    teacher = plan.teacher or plan.settings.teacher
+    try:
+        arch = get_pretrained(teacher).arch if teacher in list_teachers() else load_teacher(teacher).arch
+        return max(1.0, _multiply_adds(arch) / _multiply_adds(REFERENCE_ARCH))
+    except Exception:  # the run will explain what is wrong with the teacher; ask for the most to be safe
+        return MAX_GPU_SECONDS / MIN_GPU_SECONDS
+
+
 def _gpu_seconds(plan: RunPlan, *args: Any, **kwargs: Any) -> int:
-    """ZeroGPU allocation: the budget's own, scaled by how much more work the Advanced controls ask for."""
+    """ZeroGPU allocation: the budget's own for a ResNet-20, scaled by the teacher's cost per image and by
+    how much more work the Advanced controls ask for."""
     settings = plan.settings
     budget = BUDGETS[settings.budget]
     dream, distill = budget.recipe.dream, budget.recipe.distill
     planned = settings.num_images * (settings.steps + 2 * settings.epochs)
     preset = dream.num_images * (dream.steps + 2 * distill.epochs)
-    return int(min(900, max(60, budget.gpu_seconds * planned / preset)))
+    seconds = budget.gpu_seconds * planned / preset * _architecture_cost(plan)
+    return int(min(MAX_GPU_SECONDS, max(MIN_GPU_SECONDS, seconds)))
 
 
 # On a ZeroGPU Space (spaces sets SPACES_ZERO_GPU there) the GPU is taken for each run; elsewhere

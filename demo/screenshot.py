@@ -3,9 +3,11 @@
 Starts the real app on a free local port (as ``demo/timing.py`` does), drives it with headless
 Chromium through Playwright (Debian's ``chromium`` package; no browser download), picks the
 teacher, the sparsity and the budget, presses Run, waits until the status says Done and saves
-a full-page screenshot. A quick run takes about 5-6 minutes on a 2-core CPU. Example::
+a full-page screenshot. A quick run takes about 6 minutes on a 2-core CPU. With ``--example`` it
+takes the page as it opens instead: the stored example, a full Default run (:mod:`demo.example`).
+Example::
 
-    python demo/screenshot.py --data ../shared/data/cifar10-jpeg \\
+    python demo/screenshot.py --data ../shared/data/cifar10-jpeg \
         --teacher ../shared/weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt
 """
 
@@ -23,7 +25,7 @@ if __package__ in (None, ""):  # started as a script
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-from demo.app import AppOptions, serve_locally, warm_up
+from demo.app import AppOptions, serve_locally
 from demo.runner import teacher_choices, teacher_option
 from demo.settings import BUDGETS, CONTROLS
 
@@ -49,6 +51,7 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("docs/images/app.png"))
     parser.add_argument("--timeout", type=float, default=30, help="minutes to wait for the run to finish")
+    parser.add_argument("--example", action="store_true", help="the page as it opens, on the stored example; no run")
     parser.add_argument(
         "--chromium",
         default=os.environ.get("DFKD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium",
@@ -84,18 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     local, teacher = teacher_option(args.teacher)
     label = next(label for label, value in teacher_choices(local) if value == teacher)
     options = AppOptions(data=args.data, teachers=local, device=args.device)
-    warm_up(options.data)
-    with serve_locally(options) as url, sync_playwright() as playwright:
+    with serve_locally(options) as app, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
+            app.deployment.preparation.wait()  # first-use downloads are not part of what is measured
+            page.goto(app.local_url)
             expect(page.get_by_text("Give a pruned network its accuracy back")).to_be_visible(timeout=60_000)
-            choose(page, label, args.sparsity, BUDGETS[args.budget].label)
-            status = run_and_wait(page, args.timeout)
-            if not status.lstrip().startswith("Done"):
-                print(f"the run did not finish: {status}", file=sys.stderr)
-                return 1
+            if args.example:
+                expect(page.locator("#status")).to_contain_text("Stored example")
+                page.wait_for_function("() => [...document.images].every(image => image.complete)")
+            else:
+                choose(page, label, args.sparsity, BUDGETS[args.budget].label)
+                status = run_and_wait(page, args.timeout)
+                if not status.lstrip().startswith("Done"):
+                    print(f"the run did not finish: {status}", file=sys.stderr)
+                    return 1
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
         finally:

@@ -1,18 +1,22 @@
-"""Measure the app as a user meets it: seconds from pressing Run to the first dream grid, and to the end.
+"""Measure the app as a visitor meets it: seconds from pressing Run to the first dream tile, to the
+finished showcase (every tile at its last step) and to the end of the run.
 
-Starts the real app on a free local port, presses Run through ``gradio_client`` with the quick
-budget (or another) and reports both times and the final accuracies. Example, on a CPU::
+Starts the real app (``python demo/app.py``, in a process of its own) on a free local port, presses
+Run through ``gradio_client`` with the quick
+budget (or another) and reports the times and the final accuracies. Example, on a CPU::
 
     python demo/timing.py --teacher akamaster/resnet20 --data cifar10
 
-The evaluation data is loaded once before the clock starts, as ``python demo/app.py`` does
-at launch, so the numbers are those of a warm app, not of a first download.
+The app's start-up (first-use downloads, decoding the evaluation data) finishes before the clock
+starts, so the numbers are those of a warm app.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,17 +25,21 @@ from typing import Any
 if __package__ in (None, ""):  # started as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
-from demo.app import AppOptions, serve_locally, warm_up
 from demo.runner import teacher_option
 from demo.settings import BUDGETS, default_values
 from demo.views import output_index
+from dfkd_core.device import usable_cpus
 
 
 def _is_update(value: object) -> bool:
     """Whether an output of one streamed step carries a new value (not a skip, not an empty reset)."""
     return bool(value) and not (isinstance(value, dict) and value.get("__type__") == "update")
+
+
+def _finished(tiles: list[dict[str, Any]]) -> bool:
+    """Whether every showcase tile is at its last step (captions end in ``N/N``)."""
+    steps = [tile["caption"].rsplit(" ", 1)[-1].split("/") for tile in tiles]
+    return all(len(s) == 2 and s[0] == s[1] for s in steps)
 
 
 def _last(outputs: list[Any], name: str) -> Any:
@@ -42,7 +50,7 @@ def _last(outputs: list[Any], name: str) -> Any:
 
 def _finished_run(outputs: list[Any], total: float) -> dict[str, Any]:
     """Device, total and per-stage seconds and the final accuracies of a finished run."""
-    files = _last(outputs, "files")
+    files = [f["path"] if isinstance(f, dict) else f for f in _last(outputs, "files")]  # the server's copies
     report = json.loads(next(Path(f) for f in files if f.endswith("report.json")).read_text())
     return {
         "device": report["device"],
@@ -59,40 +67,81 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--sparsity", type=float, default=0.75)
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--first-grid-only", action="store_true", help="press Stop once the first dreams show")
+    parser.add_argument("--showcase-only", action="store_true", help="press Stop once the showcase has formed")
     return parser
+
+
+def _serve(args: argparse.Namespace, local: tuple[Path, ...], port: int) -> subprocess.Popen:
+    """``python demo/app.py`` in a process of its own, as a Space runs it: the measuring client shares no CPU
+    time slice and no interpreter lock with the server."""
+    command = [sys.executable, str(Path(__file__).with_name("app.py")), "--port", str(port), "--data", args.data]
+    command += ["--device", args.device] + [f"--teacher-dir={path}" for path in local]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _connect(url: str, server: subprocess.Popen, seconds: float = 120) -> Any:
+    """A client of the app at ``url`` once it serves and its start-up has finished (not part of the measure)."""
+    from gradio_client import Client
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"the app exited: {server.stderr.read() if server.stderr else ''}")
+        try:
+            client = Client(url, verbose=False, download_files=False)  # keeps up with the stream, as a page does
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while (status := client.predict(api_name="/startup")[0]).startswith("Getting ready:"):
+        time.sleep(1)
+    if status:
+        raise SystemExit(f"the app could not start: {status}")
+    return client
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments().parse_args(argv)
-    from gradio_client import Client
-
     local, teacher = teacher_option(args.teacher)
-    options = AppOptions(data=args.data, teachers=local, device=args.device)
     values = {**default_values(args.budget, teacher), "sparsity": args.sparsity}
-    warm_up(options.data)
-    with serve_locally(options) as url:
-        client = Client(url, verbose=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _serve(args, local, port)
+    try:
+        client = _connect(f"http://127.0.0.1:{port}/", server)
         started = time.perf_counter()
         job = client.submit(**values, api_name="/run")  # /run names its parameters after the controls
-        first_grid = None
-        dreams = output_index("dreams")
+        first_tile = showcase = None
+        seen, dreams = 0, output_index("dreams")
         while not job.done():
-            if first_grid is None and any(_is_update(out[dreams]) for out in job.outputs()):
-                first_grid = time.perf_counter() - started
-                if args.first_grid_only:
-                    client.predict(api_name="/stop")
+            outputs = job.outputs()
+            for out in outputs[seen:]:
+                if _is_update(out[dreams]):
+                    now = time.perf_counter() - started
+                    first_tile = first_tile or now
+                    if showcase is None and _finished(out[dreams]):
+                        showcase = now
+                        if args.showcase_only:
+                            client.predict(api_name="/stop")
+            seen = len(outputs)
             time.sleep(0.05)
         total = time.perf_counter() - started
         job.result()
         record: dict[str, Any] = {
             "teacher": teacher,
             "budget": args.budget,
-            "threads": torch.get_num_threads(),
-            "first_dream_grid_s": None if first_grid is None else round(first_grid, 2),
+            "threads": usable_cpus(),
+            "first_tile_s": None if first_tile is None else round(first_tile, 2),
+            "showcase_s": None if showcase is None else round(showcase, 2),
         }
-        if not args.first_grid_only:  # read while the app (and its session's files) still exist
+        if not args.showcase_only:  # read while the app (and its session's files) still exist
             record |= _finished_run(job.outputs(), total)
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(30)
     print(json.dumps(record, indent=2))
     return 0
 

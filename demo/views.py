@@ -33,12 +33,14 @@ __all__ = [
     "format_seconds",
     "loss_figure",
     "output_index",
+    "step_caption",
 ]
 
 # The stages of dfkd_core.recover() in order, as a newcomer would name them.
 STAGES: dict[Stage, str] = {
     Stage.LOAD: "Loading the teacher and the test images",
     Stage.PRUNE: "Pruning: removing the smallest weights",
+    Stage.SHOWCASE: "Showcase: a few dreams forming step by step, out of noise",
     Stage.DREAM: "Dreaming images out of the teacher's BatchNorm statistics",
     Stage.REFIT: "Refit: each pruned layer refit to the teacher's outputs on the dreams",
     Stage.DISTILL: "Distillation: the pruned student learns from the teacher on the dreams",
@@ -49,8 +51,8 @@ STAGES: dict[Stage, str] = {
 # comes last: Gradio's API does not send buttons, so every other output keeps its position for clients.
 OUTPUTS: dict[str, str] = {
     "status": "the stage, a progress bar, the time and what was found so far",
-    "dreams": "one tile of the latest dreams per class",
-    "losses": "the dreaming losses against the step",
+    "dreams": "one tile per class: the showcase dreams as they form (the latest dreams when there is no showcase)",
+    "losses": "the losses of the dreams shown, against the step",
     "accuracy": "the student's live accuracy per distillation epoch, with the teacher, pruned and noise levels",
     "log": "the live accuracy per epoch, as a table",
     "layers": "the share of weights removed per layer",
@@ -87,13 +89,16 @@ def dream_tiles(
     classes: tuple[str, ...],
     per_class: int = DREAMS_PER_CLASS,
     scale: int = 3,
+    caption: str = "",
 ) -> list[tuple[np.ndarray, str]]:
-    """One square tile per class with its latest ``per_class`` dreams, captioned with the class name.
+    """One tile per class with its latest ``per_class`` dreams (as square as they allow), captioned
+    with the class name and ``caption``.
 
     ``images`` are ``(N, 3, H, W)`` pixels in [0, 1]; each dream is enlarged ``scale`` times
     (nearest neighbour) so the 32x32 pictures stay crisp on a projector.
     """
-    side = math.ceil(math.sqrt(per_class))
+    across = math.ceil(math.sqrt(per_class))
+    down = math.ceil(per_class / across)
     h, w = images.shape[-2] * scale, images.shape[-1] * scale
     gap = 2
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -101,13 +106,18 @@ def dream_tiles(
     tiles = []
     for c, name in enumerate(classes):
         members = pixels[labels_np == c][-per_class:]
-        tile = np.full((side * (h + gap) - gap, side * (w + gap) - gap, 3), 255, dtype=np.uint8)
+        tile = np.full((down * (h + gap) - gap, across * (w + gap) - gap, 3), 255, dtype=np.uint8)
         for i, image in enumerate(members):
-            row, col = divmod(i, side)
+            row, col = divmod(i, across)
             big = image.repeat(scale, axis=0).repeat(scale, axis=1)
             tile[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = big
-        tiles.append((tile, name))
+        tiles.append((tile, f"{name} · {caption}" if caption else name))
     return tiles
+
+
+def step_caption(step: int, total: int) -> str:
+    """Where a snapshot of dreams stands, for tile captions: ``37/200`` (steps done of the stage's)."""
+    return f"{step}/{total}" if total else f"step {step}"
 
 
 def loss_figure(history: list[tuple[int, dict[str, float]]]) -> Figure:
@@ -135,9 +145,13 @@ class LiveView:
     Output names: those of :data:`OUTPUTS`, and ``warning`` (a message for a pop-up).
     """
 
-    def __init__(self, title: str, sparsity: float, epochs: int, device: str, refit: bool = True):
+    def __init__(self, title: str, sparsity: float, epochs: int, device: str, refit: bool = True, showcase: int = 0):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
-        self.stages = tuple(s for s in STAGES if refit or s is not Stage.REFIT)  # those this run has
+        self.stages = tuple(  # those this run has
+            s for s in STAGES if (refit or s is not Stage.REFIT) and (showcase or s is not Stage.SHOWCASE)
+        )
+        self.watched = Stage.SHOWCASE if showcase else Stage.DREAM  # whose dreams the gallery shows
+        self.per_class = showcase or DREAMS_PER_CLASS
         self.started = time.perf_counter()
         self.losses_drawn = -math.inf
         self.stage: Stage | None = None
@@ -149,7 +163,7 @@ class LiveView:
         self.noise: float | None = None  # the noise baseline's accuracy on the live subset, known at the end
         self.losses: list[tuple[int, dict[str, float]]] = []
         self.curve_images = self.eval_images = 0
-        self.state = "running"  # "running", "done", "stopped" or "failed"
+        self.state = "running"  # "running", "done", "stopped", "failed" or "example" (a replayed recording)
 
     # --- events in ---------------------------------------------------------------------------------------
 
@@ -163,11 +177,15 @@ class LiveView:
             return {"status": self.status()}
         if isinstance(item, Progress):
             self.step, self.total = item.step, item.total
-            if item.stage is Stage.DREAM and item.metrics:
+            if item.stage is self.watched and item.metrics:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
-            changed: dict[str, Any] = {"dreams": dream_tiles(item.images, item.labels, item.classes)}
+            if item.stage is not self.watched:
+                return {}
+            caption = step_caption(item.step, item.total) if self.watched is Stage.SHOWCASE else ""
+            tiles = dream_tiles(item.images, item.labels, item.classes, self.per_class, caption=caption)
+            changed: dict[str, Any] = {"dreams": tiles}
             if time.perf_counter() - self.losses_drawn >= LOSS_REFRESH_S:  # a figure costs CPU the run needs
                 self.losses_drawn = time.perf_counter()
                 changed["losses"] = loss_figure(self.losses)
@@ -186,8 +204,9 @@ class LiveView:
                 self.references[item.network] = item.value
                 return {}
             case (Metric.DREAM_TOP1, Network.TEACHER):
+                which = "showcase dreams" if item.stage is Stage.SHOWCASE else "dreams"
                 self.story.append(
-                    f"The teacher labels {item.value:.0f}% of the dreams as the class they were dreamed for."
+                    f"The teacher labels {item.value:.0f}% of the {which} as the class they were dreamed for."
                 )
                 return {"status": self.status()}
             case (Metric.CURVE_ACCURACY, Network.REFIT):
@@ -223,7 +242,7 @@ class LiveView:
             if "layers" in item.summary:
                 changed["layers"] = sparsity_figure(item.summary["layers"])
             return changed
-        if item.stage is Stage.DREAM:
+        if item.stage is self.watched:
             return {"losses": loss_figure(self.losses)} if self.losses else {}
         if item.stage is Stage.DISTILL and len(self.curve) > 1:
             start, end = self.curve[0][1], self.curve[-1][1]
@@ -263,6 +282,11 @@ class LiveView:
         self.state, self.note = "failed", message
         return {"status": self.status()}
 
+    def recorded(self, note: str) -> str:
+        """The status of a replayed recording (the stored example): what it is, then its findings."""
+        self.state, self.note = "example", note
+        return self.status()
+
     # --- outputs -----------------------------------------------------------------------------------------
 
     def accuracy_figure(self) -> Figure | None:
@@ -294,6 +318,8 @@ class LiveView:
                 timing += f" · about {format_seconds(left)} left in this stage"
                 head += f" (step {self.step:,} of {self.total:,})"
             bar = f'<progress value="{fraction:.3f}" max="1" style="width:100%"></progress>'
+        elif self.state == "example":
+            head, timing, bar = "Stored example", "recorded", ""
         else:
             head = {"done": "Done", "stopped": "Stopped", "failed": "Failed"}[self.state]
             timing, bar = f"took {elapsed}", ""

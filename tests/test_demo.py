@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from demo.app import AppOptions, build_app, serve_locally
+from demo.runner import teacher_option
 from demo.settings import (
     BUDGETS,
     CONTROL_NAMES,
@@ -47,23 +50,31 @@ from .conftest import shared_asset, write_image_folder
 
 LABEL = {control.name: control.label for control in CONTROLS}
 TINY = {"num_images": 40, "steps": 6, "epochs": 2}  # a recipe that runs in seconds on a CPU
-STAGE_COUNT = len(STAGES)  # the quick budget refits, so its runs have every stage
+STAGE_COUNT = len(STAGES)  # the quick budget refits and the app shows a showcase, so its runs have every stage
+
+
+def client_of(url: str) -> Client:
+    """An API client that, like a page, keeps up with the stream: it reads files where the server keeps
+    them instead of downloading every dream tile of every update."""
+    return Client(url, verbose=False, download_files=False)
 
 
 @contextmanager
 def served(options: AppOptions) -> Iterator[Client]:
     """The app as ``python demo/app.py`` serves it (same queue), on a free port, for one test."""
-    with serve_locally(options) as url:
-        yield Client(url, verbose=False)
+    with serve_locally(options) as app:
+        yield client_of(app.local_url)
 
 
 def tiny_options(teachers: tuple[Path, ...], data: Path | str, **kwargs: Any) -> AppOptions:
-    return AppOptions(data=str(data), teachers=teachers, device="cpu", update_interval=0.0, **kwargs)
+    return AppOptions(**{"data": str(data), "teachers": teachers, "device": "cpu", **kwargs})
 
 
 def run_args(teacher: Path | str, sparsity: float = 0.5, **changes: Any) -> dict[str, Any]:
-    """The /run inputs by control name: the quick budget cut to the tiny recipe, with ``changes``."""
-    return {**default_values("quick", str(teacher)), **TINY, "sparsity": sparsity, **changes}
+    """The /run inputs by control name: the quick budget cut to the tiny recipe, with ``changes``; a local
+    ``teacher`` is named as the page names it (its file name)."""
+    choice = teacher_option(str(teacher))[1]
+    return {**default_values("quick", choice), **TINY, "sparsity": sparsity, **changes}
 
 
 def new_values(job: Any, output: str) -> list[Any]:
@@ -104,8 +115,10 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
         outputs = job.outputs()
 
     grids = new_values(job, "dreams")
-    assert len(grids) >= 3, "the dream grid is refreshed while the dreams form"
-    assert [tile["caption"] for tile in grids[-1]] == list(CIFAR10_CLASSES)
+    assert len(grids) >= 3, "the showcase tiles are refreshed while the dreams form"
+    steps = [int(grid[0]["caption"].rsplit(" ", 1)[1].split("/")[0]) for grid in grids]
+    assert steps == sorted(steps) and steps[0] < 20, "the showcase starts from noise and moves forward"
+    assert [tile["caption"] for tile in grids[-1]] == [f"{c} · 200/200" for c in CIFAR10_CLASSES]
     assert len(new_values(job, "losses")) >= 2, "the loss plot shows while dreaming (throttled) and at its end"
     assert len(new_values(job, "accuracy")) >= 3, "the accuracy plot grows epoch by epoch"
     assert [row[0] for row in new_values(job, "log")[-1]["data"]] == [0, 1, 2]
@@ -130,7 +143,7 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
     nonzero = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
     assert nonzero["Recovered: distillation on dreams"] < 0.3 * nonzero["Teacher (dense)"]
 
-    files = {Path(p).name: Path(p) for p in new_values(job, "files")[-1]}
+    files = {Path(f["path"]).name: Path(f["path"]) for f in new_values(job, "files")[-1]}  # the server's copies
     assert set(files) == {"student.pt", "dreams.png", "dreams.pt", "report.json"}
     student = load_checkpoint(files["student.pt"])  # pruning made permanent: a plain checkpoint
     assert not any(name.endswith("_mask") for name in student.model.state_dict())
@@ -147,15 +160,16 @@ def _pruned_modules(ignore: weakref.WeakSet | None = None) -> list[torch.nn.Modu
 def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, image_root):
     long = {"steps": 20_000}  # hours on a CPU: only Stop can end it
     before = weakref.WeakSet(_pruned_modules())
-    with served(tiny_options((teacher_checkpoint,), image_root)) as client:
+    with served(tiny_options((teacher_checkpoint,), image_root)) as server:
+        client = client_of(server.src)
         job = client.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
         wait_for(lambda: len(new_values(job, "dreams")) >= 2, 60, "the first dream grids")
         assert _pruned_modules(before), "a running job holds its pruned student"
 
-        other_tab = Client(client.src, verbose=False)  # a second browser session
+        other_tab = client_of(client.src)  # a second browser session
         assert "Nothing is running" in other_tab.predict(api_name="/stop")
-        seen = len(new_values(job, "dreams"))
-        wait_for(lambda: len(new_values(job, "dreams")) > seen, 30, "the run to go on after another tab's Stop")
+        seen = len(new_values(job, "status"))
+        wait_for(lambda: len(new_values(job, "status")) > seen, 30, "the run to go on after another tab's Stop")
 
         pressed = time.monotonic()
         assert "Stopped" in client.predict(api_name="/stop")
@@ -212,10 +226,11 @@ def test_every_bad_input_gets_a_plain_message(teacher_checkpoint, image_root, tm
             ({"teacher": "akamaster/resnet21"}, "not in the list of choices"),
             ({"teacher": ""}, "not in the list of choices"),
             ({"teacher": "akamaster/resnet56"}, "Cannot fetch weights for 'akamaster/resnet56'"),
-            ({"teacher": str(broken / "corrupt.pt")}, "Cannot read checkpoint"),
-            ({"teacher": str(broken / "no-arch.pt")}, "does not record its architecture"),
-            ({"teacher": str(broken / "wrong-arch.pt")}, "does not match the architecture"),
-            ({"teacher": str(broken / "bad-normalization.pt")}, "needs 'mean' and 'std'"),
+            ({"teacher": "corrupt.pt"}, "Cannot read checkpoint"),
+            ({"teacher": "no-arch.pt"}, "does not record its architecture"),
+            ({"teacher": "wrong-arch.pt"}, "does not match the architecture"),
+            ({"teacher": "bad-normalization.pt"}, "needs 'mean' and 'std'"),
+            ({"teacher": str(broken / "corrupt.pt")}, "not in the list of choices"),  # paths are not choices
             ({"budget": "Huge"}, "not in the list of choices"),
             ({"num_images": 0}, f"{LABEL['num_images']} must be a whole number from 1"),
             ({"num_images": None}, f"{LABEL['num_images']} is empty"),
@@ -228,7 +243,7 @@ def test_every_bad_input_gets_a_plain_message(teacher_checkpoint, image_root, tm
             ({"r_bn": 1e300}, "The optimization diverged"),
         ]
         (broken / "gone.pt").unlink()  # listed at launch, deleted before the run
-        cases.append(({"teacher": str(broken / "gone.pt")}, "does not exist"))
+        cases.append(({"teacher": "gone.pt"}, "does not exist"))
         for change, expected in cases:
             message = _error(client, **{**good, **change})
             assert expected in message, f"{change}: {message}"
@@ -279,13 +294,13 @@ def _event(app: Any, api_name: str) -> Any:
 def test_the_page_the_api_and_the_parser_follow_the_control_table(teacher_checkpoint):
     app = build_app(AppOptions(teachers=(teacher_checkpoint,), device="cpu"))
     run = _event(app, "run")
-    controls = run.inputs[1:]  # after the session state
+    controls = run.inputs
     assert [c.elem_id for c in controls] == [c.elem_id for c in CONTROLS], "click inputs in table order"
     assert [c.label for c in controls] == [c.label for c in CONTROLS]
     assert [getattr(c, "info", None) or "" for c in controls] == [c.info for c in CONTROLS]
     parameters = app.get_api_info()["named_endpoints"]["/run"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == list(CONTROL_NAMES), "/run takes the controls by name"
-    defaults = default_values("quick", str(teacher_checkpoint))  # the page starts on a CPU with quick
+    defaults = default_values("quick", teacher_checkpoint.name)  # the page starts on a CPU with quick
     assert [c.value for c in controls] == [defaults[name] for name in CONTROL_NAMES]
     assert [c.elem_id for c in run.outputs] == list(OUTPUTS), "outputs in the order of the named table"
 
@@ -341,5 +356,128 @@ def test_a_bad_value_is_refused_naming_the_control(name, value, expected):
 
 def test_the_stages_a_run_shows_follow_its_recipe():
     assert set(STAGES) == set(Stage), "one label per stage"
-    assert LiveView("t", 0.5, 2, "cpu", refit=True).stages == tuple(Stage)
-    assert Stage.REFIT not in LiveView("t", 0.5, 2, "cpu", refit=False).stages
+    assert LiveView("t", 0.5, 2, "cpu", refit=True, showcase=2).stages == tuple(Stage)
+    assert Stage.REFIT not in LiveView("t", 0.5, 2, "cpu", refit=False, showcase=2).stages
+    assert Stage.SHOWCASE not in LiveView("t", 0.5, 2, "cpu", refit=True).stages
+
+
+# --- start-up, sessions, the stored example ------------------------------------------------------------
+
+
+def test_the_page_is_served_at_once_while_the_start_up_downloads(teacher_checkpoint, image_root):
+    import httpx
+
+    from demo.startup import Preparation, Step
+
+    release = threading.Event()
+    slow = Preparation(
+        [Step("downloading CIFAR-10's test split (first start only)", release.wait, lambda: "42 of 170 MB")]
+    )
+    launched = time.monotonic()
+    with serve_locally(tiny_options((teacher_checkpoint,), image_root), slow) as app:
+        assert httpx.get(app.local_url, timeout=10).status_code == 200
+        assert time.monotonic() - launched < 15, "the page does not wait for the start-up"
+        assert not slow.done
+        client = client_of(app.local_url)
+        job = client.submit(**run_args(teacher_checkpoint), api_name="/run")
+        wait_for(
+            lambda: any("Waiting for the app to finish starting" in s for s in new_values(job, "status")),
+            30,
+            "a waiting run",
+        )
+        waiting = next(s for s in new_values(job, "status") if "Waiting" in s)
+        assert "downloading CIFAR-10" in waiting and "42 of 170 MB" in waiting
+        release.set()
+        job.result(timeout=120)
+        assert "Done" in new_values(job, "status")[-1], "the run goes on once the start-up is done"
+    failed = Preparation([Step("downloading", lambda: 1 / 0)], explain=lambda err: "the host did not answer").start()
+    assert failed.wait(5) and failed.status() == "Getting ready failed: the host did not answer"
+
+
+def _run_folders(app: Any) -> list[Path]:
+    return [p for p in app.deployment.sessions.root.iterdir() if p.is_dir()]
+
+
+def test_a_closed_session_leaves_no_files(teacher_checkpoint, image_root, monkeypatch):
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # how soon the server notices a client has gone
+    with serve_locally(tiny_options((teacher_checkpoint,), image_root)) as app:
+        tab = client_of(app.local_url)
+        tab.submit(**run_args(teacher_checkpoint), api_name="/run").result(timeout=120)
+        (folder,) = _run_folders(app)
+        assert (folder / "student.pt").is_file(), "the downloads are in the session's own folder"
+        tab.close()  # the tab is closed: its heartbeat ends, Gradio's unload event fires
+        wait_for(lambda: not _run_folders(app), 30, "the closed session's folder to be removed")
+
+        idle = client_of(app.local_url)
+        idle.submit(**run_args(teacher_checkpoint), api_name="/run").result(timeout=120)
+        assert len(_run_folders(app)) == 1
+        app.deployment.sessions.lifetime = 0.0  # the next run sweeps every session idle longer than this
+        assert app.deployment.sessions.sweep() and not _run_folders(app)
+
+
+def test_the_stored_example_is_small_current_and_shown_on_load():
+    from demo.example import EXAMPLE_BUDGET, EXAMPLE_DIR, example_outputs, load_recording
+    from dfkd_core.pipeline import SHOWCASE_STEPS
+
+    recording, snapshot = load_recording()  # refuses a showcase.png that is not the recorded one
+    assert sum(p.stat().st_size for p in EXAMPLE_DIR.iterdir()) < 200_000, "well under 1 MB"
+    assert recording["made_by"].startswith("python demo/example.py")
+    assert recording["settings"]["budget"] == EXAMPLE_BUDGET and recording["settings"]["sparsity"] == 0.75
+    current = json.loads(json.dumps(dataclasses.asdict(BUDGETS[EXAMPLE_BUDGET].recipe)))
+    assert recording["recipe"] == current, "the budget's recipe changed: run demo/example.py again"
+    assert snapshot.step == snapshot.total == SHOWCASE_STEPS and len(snapshot.images) == 20
+    shown = example_outputs()
+    assert "Stored example" in shown["status"] and "Press Run to make your own" in shown["status"]
+    assert [caption for _, caption in shown["dreams"]] == [f"{c} · 200/200" for c in CIFAR10_CLASSES]
+    rows = {row[0]: row for row in shown["summary"]}
+    assert percent(rows["Recovered: distillation on dreams"][1]) > percent(rows["Pruned, no recovery"][1]) + 20
+    assert shown["accuracy"] is not None and shown["layers"] is not None and shown["losses"] is not None
+
+
+def test_a_recording_replays_as_the_run_showed_it(teacher_checkpoint, image_root, tmp_path):
+    from demo.example import example_outputs, record
+    from demo.runner import RunPlan
+
+    local, choice = teacher_option(str(teacher_checkpoint))
+    settings = parse_settings(run_args(teacher_checkpoint), {"teacher": [choice]})
+    plan = RunPlan(
+        settings,
+        str(image_root),
+        teacher=str(local[0]),
+        device="cpu",
+        update_interval=0.0,
+        out_dir=str(tmp_path / "run"),
+    )
+    view = LiveView(choice, settings.sparsity, settings.epochs, "cpu", refit=True, showcase=plan.showcase)
+    live: dict[str, Any] = {}
+    from demo.runner import stream_run
+
+    for item in stream_run(plan):
+        live |= view.apply(item)
+    record(plan, tmp_path / "example", "python demo/example.py --test")
+    shown = example_outputs(tmp_path / "example")
+    assert shown["summary"] == live["summary"] and shown["log"] == live["log"]
+    assert [c for _, c in shown["dreams"]] == [c for _, c in live["dreams"]]
+    assert all((a == b).all() for (a, _), (b, _) in zip(shown["dreams"], live["dreams"])), "the same pixels"
+    (tmp_path / "example" / "showcase.png").write_bytes(b"edited by hand")
+    assert example_outputs(tmp_path / "example") == {}, "an edited example is not shown"
+
+
+def test_zero_gpu_requests_fit_a_visitors_quota_and_grow_with_the_work():
+    from demo.runner import MAX_GPU_SECONDS, RunPlan, _gpu_seconds
+
+    def seconds(teacher: str, budget: str, **changes: Any) -> int:
+        values = {**default_values(budget, teacher), **changes}
+        return _gpu_seconds(RunPlan(parse_settings(values, {"teacher": [teacher]}), "cifar10"))
+
+    duration_factor, signed_out_quota = 1.5, 120  # spaces multiplies requests on its current GPUs; seconds a day
+    assert seconds("akamaster/resnet20", "default") * duration_factor <= signed_out_quota
+    assert seconds("akamaster/resnet20", "quick") < seconds("akamaster/resnet20", "default")
+    assert seconds("akamaster/resnet56", "default") > seconds("akamaster/resnet20", "default")
+    assert seconds("akamaster/resnet20", "default", num_images=65_536) == MAX_GPU_SECONDS
+
+
+def test_a_run_ends_at_the_apps_time_limit(teacher_checkpoint, image_root):
+    with served(tiny_options((teacher_checkpoint,), image_root, run_minutes=0.02)) as client:
+        message = _error(client, **run_args(teacher_checkpoint, steps=20_000))
+    assert "limit of 0.02 minutes per run" in message and "smaller budget" in message

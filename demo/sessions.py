@@ -1,0 +1,96 @@
+"""Every visitor's own run: its Stop flag and its downloads folder, found by Gradio's session hash.
+
+A browser tab (or an API client) is one session. Its run writes the downloads into a folder of
+its own under one root per app. The folder goes away when the session ends: Gradio's ``unload``
+event fires when a tab closes (its heartbeat drops), and every new run also sweeps the sessions
+that have been idle longer than :data:`SESSION_LIFETIME_S` (clients that never said goodbye).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["SESSION_LIFETIME_S", "RunControl", "Sessions"]
+
+SESSION_LIFETIME_S = 3600.0  # a session without a run for this long is over: its files are deleted
+
+
+class RunControl:
+    """One session's state: its Stop flag, whether a run goes on, and the folder holding its downloads."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.running = False
+        self.out_dir: Path | None = None
+        self.last_used = time.monotonic()
+
+    def new_run_dir(self, root: Path) -> Path:
+        """A fresh folder for this run's downloads (the previous run's is deleted)."""
+        self.discard()
+        self.last_used = time.monotonic()
+        self.out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        return self.out_dir
+
+    def discard(self) -> None:
+        """Delete the current run's downloads."""
+        if self.out_dir is not None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        self.out_dir = None
+
+    def close(self) -> None:
+        """The session ended: stop its run and delete its files."""
+        self.stop_requested = True
+        self.discard()
+
+
+class Sessions:
+    """The app's sessions by Gradio session hash, and the root folder their runs write into."""
+
+    def __init__(self, lifetime: float = SESSION_LIFETIME_S):
+        self.lifetime = lifetime
+        self._root: Path | None = None
+        self._controls: dict[str, RunControl] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """The folder holding every run folder of this app (made at the first run)."""
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="dfkd-demo-"))
+        return self._root
+
+    def __getitem__(self, session: str) -> RunControl:
+        with self._lock:
+            control = self._controls.setdefault(session, RunControl())
+            control.last_used = time.monotonic()
+            return control
+
+    def __contains__(self, session: str) -> bool:
+        return session in self._controls
+
+    def close(self, session: str) -> None:
+        """End a session (its tab closed): stop its run and delete its files."""
+        with self._lock:
+            control = self._controls.pop(session, None)
+        if control is not None:
+            control.close()
+
+    def sweep(self) -> list[str]:
+        """End every session idle (no run going on) for longer than the lifetime; returns their hashes."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s, c in self._controls.items() if not c.running and now - c.last_used > self.lifetime]
+        for session in stale:
+            self.close(session)
+        return stale
+
+    def close_all(self) -> None:
+        """The app shuts down: end every session and remove the root."""
+        for session in list(self._controls):
+            self.close(session)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)

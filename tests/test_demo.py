@@ -481,3 +481,25 @@ def test_a_run_ends_at_the_apps_time_limit(teacher_checkpoint, image_root):
     with served(tiny_options((teacher_checkpoint,), image_root, run_minutes=0.02)) as client:
         message = _error(client, **run_args(teacher_checkpoint, steps=20_000))
     assert "limit of 0.02 minutes per run" in message and "smaller budget" in message
+
+
+def test_a_gpu_schedulers_refusal_reaches_the_visitor_unchanged_with_a_hint(
+    teacher_checkpoint, image_root, monkeypatch
+):
+    import gradio as gr
+
+    import demo.app
+
+    refusal = "You have exceeded your free ZeroGPU quota (75s requested vs. 40s left). Try again in 20:13:01."
+
+    def refused(plan):  # what spaces.GPU raises in place of the run when the visitor's quota is spent
+        raise gr.Error(refusal, title="ZeroGPU quota exceeded")
+        yield
+
+    monkeypatch.setattr(demo.app, "stream_run", refused)
+    with served(tiny_options((teacher_checkpoint,), image_root)) as client:
+        job = client.submit(**run_args(teacher_checkpoint), api_name="/run")
+        with pytest.raises(AppError, match="exceeded your free ZeroGPU quota"):
+            job.result(timeout=60)
+        status = new_values(job, "status")[-1]
+    assert refusal in status and "choose the Quick budget" in status and "duplicate the Space" in status

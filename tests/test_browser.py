@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from demo.startup import Preparation, Step
 from .conftest import shared_asset
 from .test_demo import STAGE_COUNT, jpeg_slice, tiny_options
 
-CHROMIUM = Path(os.environ.get("DFKD_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("DFKD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 ID = {control.name: f"#{control.elem_id}" for control in CONTROLS}  # the controls' HTML ids, from the table
 SERVER_PATHS = re.compile(r"(?<![\w:/.])/(?:tmp|work|root|home|usr|var|data)/")  # no server path on the page
 

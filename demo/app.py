@@ -443,7 +443,7 @@ def _wire_events(
 ) -> None:
     """Run (inputs: the controls in table order), Stop, a budget change filling in its recipe, a closed tab."""
     concurrency = run.deployment.options.concurrency
-    run_event = outputs["run"].click(
+    outputs["run"].click(
         _named_inputs(run.run),
         [controls[name] for name in CONTROL_NAMES],
         [outputs[name] for name in OUTPUTS],
@@ -454,14 +454,9 @@ def _wire_events(
         show_progress_on=[outputs["status"]],
     )
     stop_run, end_session = _session_events(run.deployment.sessions)
-    stop.click(
-        stop_run,
-        None,
-        [outputs["status"], outputs["run"]],
-        api_name="stop",
-        cancels=[run_event],
-        concurrency_limit=None,
-    )
+    # Stop sets this session's flag; the run notices it at its next event and ends as a finished event (a
+    # cancelled one would show "Error" on the page).
+    stop.click(stop_run, None, [outputs["status"], outputs["run"]], api_name="stop", concurrency_limit=None)
     controls["budget"].change(
         recipe_values,
         controls["budget"],

@@ -59,7 +59,7 @@ def _encode(item: Any) -> dict[str, Any] | None:
     if isinstance(item, Progress) and item.stage is Stage.SHOWCASE and item.metrics:
         return {"kind": "progress", **dataclasses.asdict(item)}
     if isinstance(item, StageFinished):
-        summary = dict(item.summary)
+        summary = {k: v for k, v in item.summary.items() if k != "dreams"}  # the page draws the numbers only
         if item.stage is Stage.PRUNE:
             summary["layers"] = [dataclasses.asdict(layer) for layer in summary["layers"]]
         return {"kind": "finished", "stage": item.stage, "seconds": item.seconds, "summary": summary}

@@ -21,7 +21,7 @@ from ._knobs import help_of
 from ._version import __version__
 from .device import limit_threads
 from .dream import DreamSet
-from .events import Finished
+from .events import Finished, Stage, StageFinished
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
 from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
@@ -222,11 +222,20 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     dreams = DreamSet.load(args.dreams) if args.dreams else None
     bars = ProgressBars(args.quiet, file=sys.stderr)
     result = None
+    kept: Path | None = None  # the dreams, saved as soon as they are made: the expensive part is never lost
     try:
         for event in recover(config, dreams):
             bars(event)
+            if isinstance(event, StageFinished) and event.stage is Stage.DREAM and "dreams" in event.summary:
+                kept = event.summary["dreams"].save(Path(args.out) / "dreams.pt")
             if isinstance(event, Finished):
                 result = event.result
+    except BaseException:
+        if kept is not None:
+            print(
+                f"dfkd recover: the dreams are saved in {kept}; add --dreams {kept} to skip dreaming", file=sys.stderr
+            )
+        raise
     finally:
         bars.close()
     assert result is not None
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfkd {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"dfkd {args.command}: interrupted; nothing was written", file=sys.stderr)
+        print(f"dfkd {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -561,7 +561,7 @@ def iter_dream(
     top1 = 100.0 * correct / config.num_images
     dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds)
     yield MetricLogged(stage, Metric.DREAM_TOP1, Network.TEACHER, top1)
-    yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1})
+    yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1, "dreams": dreams})
     return dreams
 
 

@@ -102,6 +102,7 @@ def test_example_on_load_then_the_showcase_forms_and_stop_ends_the_run(browser, 
 
         page.locator("#stop").click()
         expect(status).to_contain_text("Stopped", timeout=10_000)
+        expect(status).to_contain_text("took", timeout=10_000)  # the run's own last word: it has ended
         expect(page.locator("#run")).to_be_enabled()
         ended = status.inner_text(), _captions(page)
         time.sleep(3)

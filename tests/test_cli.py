@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfkd_core.cli import main
+from dfkd_core.dream import DreamSet
 
 TINY_FLAGS = [
     "--sparsity",
@@ -233,3 +234,26 @@ def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_
     captured = capsys.readouterr()
     assert "recovered" in captured.out, "the summary is printed before the files are written"
     assert "No space left on device" in captured.err and "Traceback" not in captured.err
+
+
+def test_a_late_failure_keeps_the_dreams_and_says_how_to_resume(
+    teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch
+):
+    import dfkd_core.pipeline as pipeline
+
+    def diverged(*args, **kwargs):
+        raise FloatingPointError("distillation loss became nan at epoch 1")
+        yield
+
+    out = tmp_path / "run"
+    args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "iter_distill", diverged)
+        assert main([*args, "--baselines", "none", *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert f"add --dreams {out / 'dreams.pt'} to skip dreaming" in err and "became nan" in err
+    assert [p.name for p in out.iterdir()] == ["dreams.pt"], "the dreams were saved as soon as they were made"
+
+    assert main([*args, "--baselines", "none", "--dreams", str(out / "dreams.pt"), *TINY_FLAGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dreams"]["count"] == DreamSet.load(out / "dreams.pt").images.shape[0]

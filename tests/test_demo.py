@@ -181,7 +181,7 @@ def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, imag
         cancelled = client.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
         wait_for(lambda: len(new_values(cancelled, "dreams")) >= 1, 60, "the dreams of the second run")
         pressed = time.monotonic()
-        cancelled.cancel()  # what the Stop button does in the browser besides /stop: cancel the event
+        cancelled.cancel()  # an API client that gives up on its job
         wait_for(cancelled.done, 5, "the cancelled job to end")
         wait_for(lambda: not _pruned_modules(before), 10, "the cancelled run's models to be freed")
 

@@ -174,7 +174,13 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         capsys,
         "no images found",
     )
-    _bad([*base, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30"], capsys, "distillation loss became")
+    late = [a if a != str(out) else str(tmp_path / "late") for a in base]  # fails after dreaming: keeps the dreams
+    _bad(
+        [*late, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30"],
+        capsys,
+        "distillation loss became",
+        "--dreams",
+    )
     _bad(
         [*base, "--teacher", str(teacher_checkpoint), "--dream-steps", "0"],
         capsys,
@@ -193,7 +199,7 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
     )
     if not torch.cuda.is_available():
         _bad([*base, "--teacher", str(teacher_checkpoint), "--device", "cuda"], capsys, "no CUDA device is available")
-    assert not out.exists(), "a failed run leaves nothing behind"
+    assert not out.exists(), "a run that fails before dreaming leaves nothing behind"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
 
 

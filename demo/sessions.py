@@ -69,9 +69,6 @@ class Sessions:
             control.last_used = time.monotonic()
             return control
 
-    def __contains__(self, session: str) -> bool:
-        return session in self._controls
-
     def close(self, session: str) -> None:
         """End a session (its tab closed): stop its run and delete its files."""
         with self._lock:

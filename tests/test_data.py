@@ -79,3 +79,32 @@ def test_hidden_folders_are_not_classes(image_root):
     Image.new("RGB", (32, 32)).save(hidden / "cat-checkpoint.png")
     data = load_eval_set(str(image_root))
     assert ".ipynb_checkpoints" not in data.classes and len(data.classes) == 10 and len(data) == 40
+
+
+def test_cifar10_test_split_never_opens_a_training_batch(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 hashes all six batch files whichever split is asked for; the evaluation
+    split must load with no training batch on disk, and open none when they are there."""
+    import hashlib
+    import pickle
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batch = {"data": torch.randint(0, 256, (4, 3 * 32 * 32), dtype=torch.uint8).numpy(), "labels": [0, 1, 2, 3]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    digest = hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()
+    monkeypatch.setenv("DFKD_DATA_DIR", str(tmp_path))
+    meta_digest = hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()
+    split_class = data_module._one_split_cifar10()
+    monkeypatch.setattr(split_class, "test_list", [["test_batch", digest]])
+    monkeypatch.setattr(split_class, "meta", {"filename": "batches.meta", "key": "label_names", "md5": meta_digest})
+
+    test_set = load_eval_set("cifar10", download=False)  # no data_batch_* exists: the stock class would refuse
+    assert len(test_set) == 4 and test_set.labels.tolist() == [0, 1, 2, 3]
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(b"training images")
+    opened = []
+    monkeypatch.setattr("builtins.open", lambda path, *a, _open=open, **k: (opened.append(str(path)), _open(path, *a, **k))[1])
+    load_eval_set("cifar10", download=False)
+    assert opened and not [p for p in opened if "data_batch" in p]

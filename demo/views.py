@@ -53,7 +53,7 @@ OUTPUTS: dict[str, str] = {
     "status": "the stage, a progress bar, the time and what was found so far",
     "dreams": "one tile per class: the showcase dreams as they form (the latest dreams when there is no showcase)",
     "losses": "the losses of the dreams shown, against the step",
-    "accuracy": "the student's live accuracy per distillation epoch, with the teacher, pruned and noise levels",
+    "accuracy": "the student's live accuracy per distillation epoch, with the teacher, the pruned network and noise",
     "log": "the live accuracy per epoch, as a table",
     "layers": "the share of weights removed per layer",
     "summary": "accuracy, nonzero parameters and checkpoint size of every network",
@@ -161,6 +161,7 @@ class LiveView:
         self.references: dict[Network, float] = {}  # teacher and pruned accuracy on the live subset
         self.curve: list[tuple[int, float]] = []
         self.noise: float | None = None  # the noise baseline's accuracy on the live subset, known at the end
+        self.noise_curve: list[tuple[int, float]] = []  # the noise baseline per epoch, as it trains
         self.losses: list[tuple[int, dict[str, float]]] = []
         self.curve_images = self.eval_images = 0
         self.state = "running"  # "running", "done", "stopped", "failed" or "example" (a replayed recording)
@@ -217,8 +218,9 @@ class LiveView:
             case (Metric.CURVE_ACCURACY, Network.RECOVERED):
                 self.curve.append((item.step, item.value))
                 return {"accuracy": self.accuracy_figure(), "log": self.log_rows(), "status": self.status()}
-            case (Metric.CURVE_ACCURACY, Network.NOISE):  # on the live subset, like the rest of the plot
+            case (Metric.CURVE_ACCURACY, Network.NOISE):  # per epoch on the live subset, like the rest of the plot
                 self.noise = item.value
+                self.noise_curve = [*(self.noise_curve if item.step else []), (item.step, item.value)]
                 return {"accuracy": self.accuracy_figure()}
             case (Metric.ACCURACY, Network.NOISE):
                 self.story.append(f"The same recipe on random noise reaches {item.value:.1f}% (full test split).")
@@ -290,13 +292,15 @@ class LiveView:
     # --- outputs -----------------------------------------------------------------------------------------
 
     def accuracy_figure(self) -> Figure | None:
-        """The live curve against the teacher, pruned and noise levels (None until pruning measured them)."""
+        """The live curve against the teacher and pruned levels and the noise baseline (None until pruning
+        measured them)."""
         teacher, pruned = self.references.get(Network.TEACHER), self.references.get(Network.PRUNED)
         if teacher is None or pruned is None:
             return None
         where = f"live accuracy on {self.curve_images:,} test images" if self.curve_images else "live accuracy"
         subtitle = f"{self.title} at {self.sparsity:.0%} sparsity, {where}"
-        baselines = {str(Network.NOISE): self.noise} if self.noise is not None else None
+        noise = self.noise_curve or self.noise  # a curve while (or once) it trains, else its level, if known
+        baselines = None if noise is None else {str(Network.NOISE): noise}
         return curves_figure(self.curve, teacher, pruned, baselines, epochs=self.epochs, subtitle=subtitle)
 
     def log_rows(self) -> list[list[float]]:

@@ -233,9 +233,11 @@ def iter_distill(
     device: str | torch.device = "cpu",
     seed: int = 0,
     stage: Stage = Stage.DISTILL,
+    network: Network = Network.RECOVERED,
 ) -> Generator[Event, None, DistillResult]:
     """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
-    student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch)."""
+    student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
+    logged as ``network`` (the recovered student, or the baseline being trained)."""
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     device = torch.device(device)
@@ -274,7 +276,7 @@ def iter_distill(
             if evaluate_fn is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 accuracy = evaluate_fn(student)
                 result.history.append((epoch, accuracy))
-                yield MetricLogged(stage, Metric.CURVE_ACCURACY, Network.RECOVERED, accuracy, epoch)
+                yield MetricLogged(stage, Metric.CURVE_ACCURACY, network, accuracy, epoch)
     finally:
         for tap in taps:
             tap.remove()

@@ -177,6 +177,7 @@ class RecoveryResult:
     eval_info: dict[str, Any]
     device: str
     showcase: DreamSet | None = None  # the dreams formed to watch (config.showcase per class), if any
+    baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # "noise"/"real" per epoch
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
@@ -208,6 +209,7 @@ class RecoveryResult:
                 "epochs": [e for e, _ in self.curve],
                 "accuracy": [round(a, 2) for _, a in self.curve],
                 "references": {k: round(v, 2) for k, v in self.curve_references.items()},
+                "baselines": {k: [round(a, 2) for _, a in v] for k, v in self.baseline_curves.items()},
                 "images": self.eval_info["curve_images"],
             },
             "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "zeros": r.zeros} for r in self.layers],
@@ -241,6 +243,7 @@ class _Run:
     curve_set: ImageSet | None = None  # the live curve and its references
     timings: dict[str, float] = field(default_factory=dict)
     references: dict[str, float] = field(default_factory=dict)  # accuracy on the curve subset, by Network
+    baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per epoch, like the curve
 
     def measure(self, model: nn.Module, images: ImageSet | None = None) -> float:
         assert self.teacher is not None and self.eval_set is not None
@@ -415,6 +418,7 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
     images = _baseline_images(run, name, dreams)
     student = clone_model(pruned)
     what = "noise baseline" if network is Network.NOISE else "real-data oracle (not data-free)"
+    start = run.references[Network.PRUNED]
     if recipe.refit is not None:
         yield from _described(
             iter_refit(
@@ -428,22 +432,26 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
             ),
             what,
         )
-    yield from _described(
+        start = run.measure_curve(student)
+    yield MetricLogged(Stage.BASELINE, Metric.CURVE_ACCURACY, network, start, 0)
+    trained = yield from _described(
         iter_distill(
             student,
             teacher.model,
             images,
             teacher.normalization,
             recipe.distill,
+            evaluate_fn=run.measure_curve,
             device=run.device,
             seed=run.config.seed,
             stage=Stage.BASELINE,
+            network=network,
         ),
         what,
     )
+    run.baseline_curves[name] = [(0, start), *trained.history]
     accuracy = run.measure(student)
-    run.references[network] = run.measure_curve(student) if run.curve_set is not run.eval_set else accuracy
-    yield MetricLogged(Stage.BASELINE, Metric.CURVE_ACCURACY, network, run.references[network])
+    run.references[network] = trained.history[-1][1]  # the curve subset's last epoch: the eval split's when they agree
     yield MetricLogged(Stage.BASELINE, Metric.ACCURACY, network, accuracy)
     run.timings[name] = time.perf_counter() - t0
     return accuracy
@@ -521,6 +529,7 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         eval_info=run.eval_info(),
         device=str(run.device),
         showcase=showcase,
+        baseline_curves=dict(run.baseline_curves),
     )
     yield Finished(result)
     return result

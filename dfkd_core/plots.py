@@ -7,7 +7,7 @@ global backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
@@ -18,18 +18,20 @@ if TYPE_CHECKING:
     from .dream import DreamSet
     from .pipeline import RecoveryResult
 
-__all__ = ["curves_figure", "dreams_figure", "result_figure", "sparsity_figure"]
+__all__ = ["curves_figure", "dream_columns_figure", "dreams_figure", "result_figure", "sparsity_figure"]
 
 
 def curves_figure(
     curve: Sequence[tuple[int, float]],
     teacher: float,
     pruned: float,
-    baselines: dict[str, float | None] | None = None,
+    baselines: Mapping[str, float | Sequence[tuple[int, float]] | None] | None = None,
     epochs: int | None = None,
     subtitle: str = "",
+    title: str = "Recovery by data-free distillation",
 ) -> Figure:
-    """Accuracy per distillation epoch against the teacher and pruned levels (and baselines)."""
+    """Accuracy per distillation epoch against the teacher and pruned levels, and the baselines:
+    each one a level, or its own curve per epoch when given as ``(epoch, accuracy)`` pairs."""
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     last = epochs or (curve[-1][0] if curve else 1)
@@ -37,16 +39,21 @@ def curves_figure(
     ax.axhline(pruned, color="tab:red", linestyle=":", label=f"pruned, no recovery {pruned:.1f}%")
     styles = {"noise": ("tab:gray", "same recipe on noise"), "real": ("tab:purple", "real-data oracle")}
     for name, value in (baselines or {}).items():
-        if value is not None:
-            color, label = styles[name]
+        if value is None:
+            continue
+        color, label = styles[name]
+        if isinstance(value, (int, float)):
             ax.axhline(value, color=color, linestyle="-.", linewidth=1, label=f"{label} {value:.1f}%")
+        elif value:
+            xs, ys = zip(*value)
+            ax.plot(xs, ys, marker="s", markersize=2, linestyle="-.", color=color, label=f"{label} {ys[-1]:.1f}%")
     if curve:
         xs, ys = zip(*curve)
         ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue", label=f"student on dreams {ys[-1]:.1f}%")
     ax.set_xlim(0, max(1, last))
     ax.set_xlabel("distillation epoch")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Recovery by data-free distillation" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return fig
@@ -68,16 +75,19 @@ def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
     return fig
 
 
-def result_figure(result: RecoveryResult) -> Figure:
-    """The curve of a finished run, every reference measured on the same curve subset."""
+def result_figure(result: RecoveryResult, title: str = "Recovery by data-free distillation") -> Figure:
+    """The curve of a finished run, every reference measured on the same curve subset; the baselines
+    as curves per epoch when the run measured them."""
     refs = result.curve_references
     images = result.eval_info["curve_images"]
+    baselines = {name: result.baseline_curves.get(name) or refs.get(name) for name in ("noise", "real")}
     return curves_figure(
         result.curve,
         refs["teacher"],
         refs["pruned"],
-        {name: refs.get(name) for name in ("noise", "real")},
+        baselines,
         subtitle=f"{result.teacher.arch} at {result.sparsity:.0%} sparsity, accuracy on {images:,} test images",
+        title=title,
     )
 
 
@@ -95,4 +105,25 @@ def dreams_figure(dreams: DreamSet, per_class: int = 8, title: str = "") -> Figu
         side.set_visible(False)
     default = f"{len(dreams):,} dreams, {dreams.steps} steps; teacher top-1 on them {dreams.teacher_top1:.0f}%"
     ax.set_title(title or default, fontsize=9)
+    return fig
+
+
+def dream_columns_figure(sets: Mapping[str, DreamSet], per_class: int = 2, title: str = "") -> Figure:
+    """Several dream sets of the same classes side by side, one titled column each and one row per
+    class: the same dreams at several steps, or the variants of an ablation."""
+    rows = len(next(iter(sets.values())).classes)
+    column = max(1.2, 0.55 * per_class + 0.25)  # inches: room for a two-line column title
+    fig = Figure(figsize=(len(sets) * column + 1.3, 0.55 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for i, (ax, (name, dreams)) in enumerate(zip(axes, sets.items())):
+        grid = dreams.grid(per_class).permute(1, 2, 0).numpy()
+        ax.imshow(grid, interpolation="nearest")
+        cell = grid.shape[0] / rows
+        ax.set_yticks([cell * (r + 0.5) for r in range(rows)], dreams.classes if i == 0 else [], fontsize=8)
+        ax.set_xticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

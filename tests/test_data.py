@@ -105,6 +105,8 @@ def test_cifar10_test_split_never_opens_a_training_batch(tmp_path, monkeypatch):
     for i in range(1, 6):
         (folder / f"data_batch_{i}").write_bytes(b"training images")
     opened = []
-    monkeypatch.setattr("builtins.open", lambda path, *a, _open=open, **k: (opened.append(str(path)), _open(path, *a, **k))[1])
+    monkeypatch.setattr(
+        "builtins.open", lambda path, *a, _open=open, **k: (opened.append(str(path)), _open(path, *a, **k))[1]
+    )
     load_eval_set("cifar10", download=False)
     assert opened and not [p for p in opened if "data_batch" in p]

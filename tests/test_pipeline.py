@@ -23,6 +23,7 @@ from dfkd_core import (
     with_overrides,
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
+from dfkd_core.plots import result_figure
 from dfkd_core.zoo import CIFAR10, Teacher
 
 from .conftest import forbid_reads
@@ -74,7 +75,9 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
         (Stage.DISTILL, curve, Network.RECOVERED, 0),
         (Stage.DISTILL, curve, Network.RECOVERED, 1),
         (Stage.DISTILL, curve, Network.RECOVERED, 2),
-        (Stage.BASELINE, curve, Network.NOISE, 0),
+        (Stage.BASELINE, curve, Network.NOISE, 0),  # where the baseline starts: the refit on noise
+        (Stage.BASELINE, curve, Network.NOISE, 1),
+        (Stage.BASELINE, curve, Network.NOISE, 2),
         (Stage.BASELINE, accuracy, Network.NOISE, 0),
         (Stage.EVALUATE, accuracy, Network.TEACHER, 0),
         (Stage.EVALUATE, accuracy, Network.PRUNED, 0),
@@ -121,6 +124,19 @@ def test_result_and_report(teacher_checkpoint, image_root):
     assert isinstance(report["refit_acc"], float)
     assert result.curve[0][1] == result.curve_references["refit"]  # distillation starts from the refit
     assert len(report["layers"]) == 22
+    # Each baseline has its own curve per epoch, measured like the student's; it ends at its reference.
+    for name in ("noise", "real"):
+        curve = result.baseline_curves[name]
+        assert [epoch for epoch, _ in curve] == [0, 1, 2]
+        assert curve[-1][1] == result.curve_references[name]
+        assert report["curve"]["baselines"][name] == [round(a, 2) for _, a in curve]
+    figure = result_figure(result)
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert any(label.startswith("same recipe on noise") for label in labels)
+    noise_line = next(
+        line for line in figure.axes[0].get_lines() if line.get_label().startswith("same recipe on noise")
+    )
+    assert list(noise_line.get_xdata()) == [0, 1, 2], "the noise baseline is drawn per epoch"
 
 
 def test_real_baseline_without_train_split_is_null(teacher_checkpoint, test_only_root):

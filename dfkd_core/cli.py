@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._knobs import help_of
 from ._version import __version__
 from .device import limit_threads
@@ -270,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (ValueError, FloatingPointError) as err:
         print(f"dfkd {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(
+            f"dfkd {args.command}: error: out of memory ({first}); lower --dream-batch-size, --refit-batch-size or "
+            "--distill-batch-size, or run on --device cpu",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except OSError as err:  # a missing file, no permission, a full disk: the user's to fix, not a traceback
         where = f" ({err.filename})" if err.filename else ""

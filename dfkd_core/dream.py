@@ -111,11 +111,12 @@ class DreamSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DreamSet:
+        """The dream set saved at ``path``; ``ValueError`` naming the problem if it is not one, or its
+        images are not ``(N, 3, 32, 32)`` with one label per image among its classes."""
         try:
             record = torch.load(path, map_location="cpu", weights_only=True)
-            images = record["images"].float() / 255
-            return cls(
-                images,
+            dreams = cls(
+                record["images"].float() / 255,
                 record["labels"].long(),
                 tuple(record["classes"]),
                 float(record["teacher_top1"]),
@@ -126,6 +127,18 @@ class DreamSet:
             raise ValueError(
                 f"{str(path)!r} is not a dream set saved by DreamSet.save ({type(err).__name__}: {err})"
             ) from None
+        shape = tuple(dreams.images.shape)
+        if len(shape) != 4 or shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or not shape[0]:
+            raise ValueError(
+                f"the dreams in {str(path)!r} have shape {shape}; dreams are (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE})"
+            )
+        labels = dreams.labels
+        if labels.shape != (shape[0],) or int(labels.min()) < 0 or int(labels.max()) >= len(dreams.classes):
+            raise ValueError(
+                f"the dreams in {str(path)!r} need one label per image in 0..{len(dreams.classes) - 1} "
+                f"({len(dreams.classes)} classes); found {labels.numel()} labels for {shape[0]} images"
+            )
+        return dreams
 
     def grid(self, per_class: int = 8) -> torch.Tensor:
         """A ``(3, H, W)`` image grid: one row per class, ``per_class`` dreams across."""

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from dfkd_core import cli
 from dfkd_core.cli import main
 from dfkd_core.dream import DreamSet
 
@@ -263,3 +264,37 @@ def test_a_late_failure_keeps_the_dreams_and_says_how_to_resume(
     assert main([*args, "--baselines", "none", "--dreams", str(out / "dreams.pt"), *TINY_FLAGS]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["dreams"]["count"] == DreamSet.load(out / "dreams.pt").images.shape[0]
+
+
+def test_dreams_of_the_wrong_shape_or_classes_are_refused(teacher_checkpoint, image_root, tmp_path, capsys):
+    base = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), *TINY_FLAGS]
+    classes = tuple(f"c{i}" for i in range(10))
+    wrong = {
+        "gray.pt": (DreamSet(torch.rand(4, 1, 32, 32), torch.arange(4), classes), "have shape (4, 1, 32, 32)"),
+        "large.pt": (DreamSet(torch.rand(4, 3, 64, 64), torch.arange(4), classes), "dreams are (N, 3, 32, 32)"),
+        "labels.pt": (DreamSet(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 12]), classes), "one label per image"),
+        "others.pt": (DreamSet(torch.rand(4, 3, 32, 32), torch.arange(4), classes), "were made for classes"),
+    }
+    for name, (dreams, message) in wrong.items():
+        dreams.save(tmp_path / name)
+        _bad([*base, "--dreams", str(tmp_path / name), "--out", str(tmp_path / "out")], capsys, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_data_folder_and_out_of_memory_exit_2(
+    teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch
+):
+    base = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), *TINY_FLAGS]
+
+    def refused(path="."):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as patch:  # tests may run as root, for whom chmod 000 hides nothing
+        patch.setattr("os.scandir", refused)
+        _bad([*base, "--out", str(tmp_path / "a")], capsys, "Permission denied")
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "recover", exhausted)
+    _bad([*base, "--out", str(tmp_path / "b")], capsys, "out of memory", "--dream-batch-size")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,15 @@ def _load_folder(folder: Path, image_size: int, cache: bool) -> ImageSet:
     result = ImageSet(images, labels, classes, str(folder))
     if cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"images": images, "labels": labels, "classes": list(classes)}, partial)
-        os.replace(partial, cache_file)
+        # A temporary file of its own, so that two threads (or processes) decoding the same folder never
+        # write into, or move away, each other's half-written file; the last complete one wins.
+        handle, partial = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{key}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save({"images": images, "labels": labels, "classes": list(classes)}, partial)
+            os.replace(partial, cache_file)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return result
 
 

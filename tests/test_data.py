@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -110,3 +112,23 @@ def test_cifar10_test_split_never_opens_a_training_batch(tmp_path, monkeypatch):
     )
     load_eval_set("cifar10", download=False)
     assert opened and not [p for p in opened if "data_batch" in p]
+
+
+def test_two_writers_of_the_cache_never_collide(image_root, tmp_path, monkeypatch):
+    """Two runs decoding the same folder at once (threads of one app process) each write their own
+    temporary file: neither moves the other's away, and the cache ends complete."""
+    monkeypatch.setenv("DFKD_DATA_DIR", str(tmp_path))
+    replace = os.replace
+    nested = []
+
+    def replace_after_another_writer(source, target):
+        if not nested:  # the first writer is overtaken by a second one decoding the same folder
+            nested.append(source)
+            load_eval_set(str(image_root))
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_after_another_writer)
+    first = load_eval_set(str(image_root))
+    monkeypatch.setattr(os, "replace", replace)
+    assert nested and len(first) == len(load_eval_set(str(image_root)))
+    assert len(list((tmp_path / "decoded").iterdir())) == 1, "one complete cache file, no temporary left"

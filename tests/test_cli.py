@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from dfkd_core import cli
+from dfkd_core import cli, evaluate, load_checkpoint, load_eval_set
 from dfkd_core.cli import main
 from dfkd_core.dream import DreamSet
 
@@ -53,7 +53,9 @@ def test_evaluate_json(teacher_checkpoint, image_root, capsys):
         == 0
     )
     record = json.loads(capsys.readouterr().out)
-    assert record["num_images"] == 40 and 0 <= record["accuracy"] <= 100
+    teacher = load_checkpoint(teacher_checkpoint)
+    expected = evaluate(teacher.model, load_eval_set(str(image_root)), teacher.normalization)
+    assert record["num_images"] == 40 and record["accuracy"] == pytest.approx(expected)
 
 
 def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):

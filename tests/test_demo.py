@@ -137,7 +137,8 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
     teacher_acc, pruned = percent(rows["Teacher (dense)"][1]), percent(rows["Pruned, no recovery"][1])
     recovered = percent(rows["Recovered: distillation on dreams"][1])
     assert recovered > pruned + 5, f"recovered {recovered}% is not above pruned {pruned}%"
-    assert teacher_acc > pruned and percent(rows["Baseline: same recipe on noise"][1]) >= 0
+    noise = percent(rows["Baseline: same recipe on noise"][1])
+    assert teacher_acc > pruned and noise < recovered, f"the same recipe on noise ({noise}%) beat the dreams"
     refit = percent(rows["Refit on dreams, before distillation"][1])
     assert refit > pruned, "the quick budget refits the pruned layers"
     nonzero = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
@@ -171,18 +172,15 @@ def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, imag
         seen = len(new_values(job, "status"))
         wait_for(lambda: len(new_values(job, "status")) > seen, 30, "the run to go on after another tab's Stop")
 
-        pressed = time.monotonic()
         assert "Stopped" in client.predict(api_name="/stop")
-        job.result(timeout=10)
-        assert time.monotonic() - pressed < 5, "Stop ends the job within a few seconds"
+        job.result(timeout=60)  # a guard against a hang only: how fast Stop acts is measured by demo/timing.py
         assert "Stopped" in new_values(job, "status")[-1]
         wait_for(lambda: not _pruned_modules(before), 10, "the stopped run's models to be freed")
 
         cancelled = client.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
         wait_for(lambda: len(new_values(cancelled, "dreams")) >= 1, 60, "the dreams of the second run")
-        pressed = time.monotonic()
         cancelled.cancel()  # an API client that gives up on its job
-        wait_for(cancelled.done, 5, "the cancelled job to end")
+        wait_for(cancelled.done, 60, "the cancelled job to end")
         wait_for(lambda: not _pruned_modules(before), 10, "the cancelled run's models to be freed")
 
         again = client.submit(**run_args(teacher_checkpoint), api_name="/run")
@@ -373,11 +371,9 @@ def test_the_page_is_served_at_once_while_the_start_up_downloads(teacher_checkpo
     slow = Preparation(
         [Step("downloading CIFAR-10's test split (first start only)", release.wait, lambda: "42 of 170 MB")]
     )
-    launched = time.monotonic()
     with serve_locally(tiny_options((teacher_checkpoint,), image_root), slow) as app:
         assert httpx.get(app.local_url, timeout=10).status_code == 200
-        assert time.monotonic() - launched < 15, "the page does not wait for the start-up"
-        assert not slow.done
+        assert not slow.done, "the page is served while the start-up still waits"
         client = client_of(app.local_url)
         job = client.submit(**run_args(teacher_checkpoint), api_name="/run")
         wait_for(

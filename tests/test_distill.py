@@ -59,16 +59,33 @@ def test_student_moves_towards_the_teacher(teacher):
 
 
 def test_feature_matching_and_train_mode_bn(teacher):
-    student = prune_model(teacher.model, 0.5)
-    result = distill(
-        student,
-        teacher.model,
-        torch.rand(32, 3, 32, 32),
-        teacher.normalization,
-        DistillConfig(epochs=1, batch_size=16, feature_weight=1.0, bn_mode="train"),
-    )
+    """The feature term changes what the student learns; "train" recalibrates BatchNorm statistics,
+    "frozen" keeps the teacher's; the hooks are gone afterwards."""
+    images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def trained(**knobs):
+        student = prune_model(teacher.model, 0.5)
+        result = distill(
+            student, teacher.model, images, teacher.normalization, DistillConfig(epochs=1, batch_size=16, **knobs)
+        )
+        return student, result
+
+    with_features, result = trained(feature_weight=1.0, bn_mode="train")
+    logits_only, _ = trained(feature_weight=0.0, bn_mode="train")
+    frozen, _ = trained(feature_weight=0.0, bn_mode="frozen")
     assert result.final_loss > 0
     assert not any(m._forward_hooks for m in teacher.model.modules())
+
+    def weights(model):
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "bn" not in n])
+
+    assert not torch.allclose(weights(with_features), weights(logits_only)), "the feature term changed nothing"
+
+    def first(model):
+        return next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    assert torch.equal(first(frozen).running_mean, first(teacher.model).running_mean)
+    assert not torch.allclose(first(logits_only).running_mean, first(teacher.model).running_mean)
 
 
 def test_feature_matching_needs_matching_layers(teacher):
@@ -100,11 +117,12 @@ def test_evaluation_callback_per_epoch(teacher):
         torch.rand(16, 3, 32, 32),
         teacher.normalization,
         DistillConfig(epochs=3, batch_size=16, eval_every=2),
-        evaluate_fn=lambda m: calls.append(m.training) or 50.0 + len(calls),
+        evaluate_fn=lambda m: calls.append(m) or 50.0 + len(calls),
         callback=events.append,
     )
-    assert [e for e, _ in result.history] == [2, 3]
-    assert [e.step for e in events if isinstance(e, MetricLogged)] == [2, 3]
+    assert result.history == [(2, 51.0), (3, 52.0)]
+    assert [(e.step, e.value) for e in events if isinstance(e, MetricLogged)] == [(2, 51.0), (3, 52.0)]
+    assert len(calls) == 2 and all(m is student for m in calls), "the student itself is measured, at epochs 2 and 3"
 
 
 def test_nan_loss_is_reported(teacher):

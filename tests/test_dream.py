@@ -109,7 +109,9 @@ def test_dreams_shape_range_and_balance(teacher):
     assert dreams.images.shape == (20, 3, 32, 32) and dreams.images.dtype == torch.float32
     assert 0.0 <= dreams.images.min() and dreams.images.max() <= 1.0
     assert dreams.labels.bincount(minlength=10).tolist() == [2] * 10
-    assert 0.0 <= dreams.teacher_top1 <= 100.0
+    with torch.no_grad():
+        predicted = teacher.model(teacher.normalization.normalize(dreams.images)).argmax(1)
+    assert dreams.teacher_top1 == pytest.approx(100.0 * float((predicted == dreams.labels).float().mean()), abs=5.01)
 
 
 def test_seed_makes_it_deterministic(teacher):

@@ -49,6 +49,14 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def fingerprint(self) -> str:
+        """sha256 of the pixels, labels and class names: the same images give the same value, wherever they lie."""
+        digest = hashlib.sha256()
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+        digest.update("\n".join(self.classes).encode())
+        return digest.hexdigest()
+
     def stratified_subset(self, per_class: int, seed: int = 0) -> ImageSet:
         """A fixed subset with (up to) ``per_class`` images of every class, chosen by ``seed``."""
         generator = torch.Generator().manual_seed(seed)

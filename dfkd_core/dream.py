@@ -22,8 +22,9 @@ import math
 import os
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from .events import (
     StageStarted,
     drain,
 )
-from .zoo import Teacher
+from .zoo import Teacher, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class DreamSet:
     teacher_top1: float = float("nan")  # % of dreams the teacher assigns to their target class
     steps: int = 0  # optimization steps each dream received
     seconds: float = float("nan")  # wall time the dreaming took
+    settings: dict[str, Any] | None = None  # the DreamConfig (and seed) that made them, when known
+    origin: dict[str, str] | None = None  # the file they were loaded from and its sha256 (None = made in this process)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,6 +106,7 @@ class DreamSet:
             "teacher_top1": self.teacher_top1,
             "steps": self.steps,
             "seconds": self.seconds,
+            "settings": self.settings or {},
         }
         partial = path.with_name(f".{path.name}.partial")
         torch.save(record, partial)
@@ -122,6 +126,8 @@ class DreamSet:
                 float(record["teacher_top1"]),
                 int(record.get("steps", 0)),
                 float(record.get("seconds", float("nan"))),
+                dict(record.get("settings") or {}) or None,
+                {"file": os.fspath(path), "sha256": file_sha256(path)},
             )
         except Exception as err:
             raise ValueError(
@@ -572,7 +578,8 @@ def iter_dream(
             p.requires_grad_(flag)
     seconds = time.perf_counter() - started
     top1 = 100.0 * correct / config.num_images
-    dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds)
+    made = {**asdict(config), "seed": seed, "teacher_sha256": teacher.sha256}
+    dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds, made)
     yield MetricLogged(stage, Metric.DREAM_TOP1, Network.TEACHER, top1)
     yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1, "dreams": dreams})
     return dreams

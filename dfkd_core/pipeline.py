@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -204,6 +206,9 @@ class RecoveryResult:
                 "count": len(self.dreams),
                 "steps": self.dreams.steps,
                 "teacher_top1": round(self.dreams.teacher_top1, 2),
+                "made": "loaded" if self.dreams.origin else "in this run",
+                **(self.dreams.origin or {}),  # file and sha256 of reused dreams
+                "settings": self.dreams.settings,  # how the dreams were made, whether here or in an earlier run
             },
             "curve": {
                 "epochs": [e for e, _ in self.curve],
@@ -216,15 +221,41 @@ class RecoveryResult:
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "eval": {k: v for k, v in self.eval_info.items() if k != "curve_images"},
             "device": self.device,
+            "provenance": {
+                "teacher_sha256": self.teacher.sha256,
+                "git_commit": _git_commit(),
+                "threads": torch.get_num_threads(),
+            },
             "versions": {
                 "dfkd": __version__,
                 "torch": torch.__version__,
                 "torchvision": torchvision.__version__,
+                "numpy": np.__version__,
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
             "settings": asdict(self.config),
         }
+
+
+def _git_commit() -> str | None:
+    """The commit of the source checkout this library runs from (``+dirty`` with local changes), or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or a slow file system
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _rounded(value: float | None) -> float | None:
@@ -262,6 +293,7 @@ class _Run:
             "num_images": len(self.eval_set),
             "full_split": len(self.eval_set) == len(self.test_set),
             "curve_images": len(self.curve_set),
+            "fingerprint": self.test_set.fingerprint(),  # of the whole split the subsets are drawn from
         }
 
 

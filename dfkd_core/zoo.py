@@ -9,6 +9,7 @@ uses ``weights_only=True``; nothing in a checkpoint is ever executed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -32,6 +33,7 @@ __all__ = [
     "PretrainedTeacher",
     "Teacher",
     "cached_weights_path",
+    "file_sha256",
     "get_pretrained",
     "list_teachers",
     "load_checkpoint",
@@ -188,6 +190,15 @@ def cached_weights_path(record: PretrainedTeacher) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(record.url).path).name
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in blocks: the identity of a checkpoint or a dream set."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def list_teachers(pattern: str = "*") -> list[str]:
     """Registry ids matching a shell-style ``pattern``, e.g. ``list_teachers("*resnet*")``."""
     return sorted(t for t in _REGISTRY if fnmatch(t, pattern))
@@ -215,6 +226,7 @@ class Teacher:
     normalization: Normalization
     classes: tuple[str, ...]
     source: str  # registry id or checkpoint path
+    sha256: str | None = None  # of the weights file it was loaded from (None = built in memory)
 
     @property
     def num_classes(self) -> int:
@@ -309,7 +321,7 @@ def load_checkpoint(
         classes = CIFAR10_CLASSES if num_classes == 10 else tuple(f"class_{i}" for i in range(num_classes))
     model = create_model(arch, num_classes=num_classes)
     _load_weights(model, state, str(path))
-    return Teacher(model.eval(), arch, Normalization.parse(normalization), classes, str(path))
+    return Teacher(model.eval(), arch, Normalization.parse(normalization), classes, str(path), file_sha256(path))
 
 
 def load_teacher(
@@ -343,7 +355,10 @@ def load_teacher(
     model = create_model(record.arch, num_classes=len(record.classes))
     _load_weights(model, _clean_state_dict(raw), record.url)
     norm = Normalization.parse(normalization) if normalization else record.normalization
-    return Teacher(model.eval(), record.arch, norm, record.classes, teacher)
+    cached = cached_weights_path(record)
+    return Teacher(
+        model.eval(), record.arch, norm, record.classes, teacher, file_sha256(cached) if cached.is_file() else None
+    )
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, teacher: Teacher, **extra: Any) -> Path:

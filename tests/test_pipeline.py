@@ -10,6 +10,7 @@ from dfkd_core import (
     PRESETS,
     DistillConfig,
     DreamConfig,
+    DreamSet,
     Metric,
     Network,
     Recipe,
@@ -17,6 +18,7 @@ from dfkd_core import (
     RefitConfig,
     Stage,
     get_preset,
+    load_eval_set,
     recover,
     resolve_device,
     run_recovery,
@@ -24,7 +26,7 @@ from dfkd_core import (
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from dfkd_core.plots import result_figure
-from dfkd_core.zoo import CIFAR10, Teacher
+from dfkd_core.zoo import CIFAR10, Teacher, file_sha256
 
 from .conftest import forbid_reads
 
@@ -114,7 +116,18 @@ def test_result_and_report(teacher_checkpoint, image_root):
     for key in (*keys, "eval", "device", "versions", "settings"):
         assert key in report
     assert report["sparsity"]["target"] == 0.5 and report["sparsity"]["measured"] == pytest.approx(0.5, abs=1e-3)
-    assert report["eval"] == {"dataset": str(image_root / "test"), "num_images": 40, "full_split": True}
+    fingerprint = load_eval_set(str(image_root)).fingerprint()
+    assert report["eval"] == {
+        "dataset": str(image_root / "test"),
+        "num_images": 40,
+        "full_split": True,
+        "fingerprint": fingerprint,
+    }
+    assert report["provenance"]["teacher_sha256"] == file_sha256(teacher_checkpoint)
+    assert report["provenance"]["threads"] == torch.get_num_threads()
+    assert {"numpy", "cuda", "cudnn"} <= set(report["versions"])
+    assert report["dreams"]["made"] == "in this run" and report["dreams"]["settings"]["num_images"] == 20
+    assert report["dreams"]["settings"]["seed"] == 0
     assert report["dreams"]["count"] == 20 and report["dreams"]["steps"] == 2
     assert isinstance(report["baselines"]["noise"], float) and isinstance(report["baselines"]["real"], float)
     stages = {"load", "prune", "dream", "refit", "distill", "noise", "real", "evaluate", "total"}
@@ -277,6 +290,20 @@ def test_dreams_can_be_reused(teacher_checkpoint, image_root):
     assert not any(isinstance(e, ImagesReady) for e in events)
     result = events[-1].result
     assert result.dreams is first.dreams and result.timings["dream"] == first.dreams.seconds
+
+
+def test_reused_dreams_report_how_they_were_made(teacher_checkpoint, image_root, tmp_path):
+    """report.json of a run on saved dreams names the file, its hash and the dreams' own settings, not
+    the recipe's current dream settings."""
+    first = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=()))
+    saved = first.dreams.save(tmp_path / "dreams.pt")
+    other = replace(TINY, dream=replace(TINY.dream, steps=7, num_images=40))
+    config = replace(tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=other)
+    report = run_recovery(config, dreams=DreamSet.load(saved)).report()
+    assert report["dreams"]["made"] == "loaded"
+    assert report["dreams"]["file"] == str(saved) and report["dreams"]["sha256"] == file_sha256(saved)
+    assert report["dreams"]["settings"]["steps"] == 2 and report["dreams"]["settings"]["num_images"] == 20
+    assert report["settings"]["recipe"]["dream"]["steps"] == 7, "the current flags stay under settings"
 
 
 def test_with_overrides_switches_the_refit_on_and_off():

@@ -169,13 +169,14 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_eval_set
     from .device import resolve_device
-    from .evaluate import check_classes, evaluate
+    from .evaluate import align_classes, evaluate
     from .zoo import load_teacher
 
     device = resolve_device(args.device)
     teacher = load_teacher(args.teacher, arch=args.arch, normalization=args.normalization)
-    data = load_eval_set(args.data)
-    check_classes(data, teacher, args.data)
+    data, note = align_classes(load_eval_set(args.data), teacher, args.data)
+    if note:
+        print(f"dfkd evaluate: note: {note}", file=sys.stderr)
     accuracy = evaluate(teacher.model.to(device), data, teacher.normalization, device=device)
     record = {
         "teacher": args.teacher,

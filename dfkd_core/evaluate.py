@@ -8,16 +8,39 @@ from torch import nn
 from .data import ImageSet
 from .zoo import Normalization, Teacher
 
-__all__ = ["check_classes", "evaluate"]
+__all__ = ["align_classes", "evaluate"]
 
 
-def check_classes(data: ImageSet, teacher: Teacher, source: str) -> None:
-    """``ValueError`` unless the evaluation data (named ``source``) has as many classes as the teacher predicts."""
+def align_classes(data: ImageSet, teacher: Teacher, source: str) -> tuple[ImageSet, str | None]:
+    """``data`` labelled in the teacher's output order, and a note when its labels had to be remapped.
+
+    Folder labels follow sorted folder names, while a teacher may name its classes in training order:
+    the same names in another order are remapped by name; other names are a ``ValueError`` that lists
+    both. A teacher whose checkpoint records no names takes the folders in sorted order (with a note).
+    """
     if len(data.classes) != teacher.num_classes:
         raise ValueError(
             f"evaluation data {source!r} has {len(data.classes)} classes but the teacher predicts "
             f"{teacher.num_classes}; use data whose class folders match the teacher's outputs"
         )
+    if data.classes == teacher.classes:
+        return data, None
+    if not teacher.named:
+        return data, (
+            f"the teacher records no class names: the class folders of {source!r}, in sorted order "
+            f"({', '.join(data.classes)}), are taken as its outputs 0-{teacher.num_classes - 1}"
+        )
+    if sorted(data.classes) != sorted(teacher.classes):
+        raise ValueError(
+            f"the class folders of {source!r} do not match the teacher's classes: folders "
+            f"({', '.join(data.classes)}), teacher ({', '.join(teacher.classes)}); rename the folders, or "
+            "use a checkpoint that records the right names"
+        )
+    position = torch.tensor([teacher.classes.index(name) for name in data.classes])
+    relabelled = ImageSet(data.images, position[data.labels], teacher.classes, data.name)
+    return relabelled, (
+        f"the class folders of {source!r} are the teacher's classes in another order: labels remapped by name"
+    )
 
 
 @torch.inference_mode()

@@ -29,7 +29,7 @@ from .data import ImageSet, load_eval_set, load_train_subset, train_split_availa
 from .device import resolve_device
 from .distill import DistillConfig, iter_distill
 from .dream import DreamConfig, DreamSet, iter_dream, require_batchnorm
-from .evaluate import check_classes, evaluate
+from .evaluate import align_classes, evaluate
 from .events import (
     Event,
     Finished,
@@ -304,8 +304,9 @@ def _load(run: _Run, dreams: DreamSet | None) -> Generator[Event, None, None]:
     t0 = time.perf_counter()
     teacher = load_teacher(config.teacher, arch=config.arch, normalization=config.normalization)
     require_batchnorm(teacher.model)
-    test_set = load_eval_set(config.data)
-    check_classes(test_set, teacher, config.data)
+    test_set, note = align_classes(load_eval_set(config.data), teacher, config.data)
+    if note:
+        yield Notice(Stage.LOAD, note)
     if dreams is not None and dreams.classes != teacher.classes:
         raise ValueError(
             f"the given dreams were made for classes {dreams.classes}, not the teacher's {teacher.classes}"

@@ -227,6 +227,7 @@ class Teacher:
     classes: tuple[str, ...]
     source: str  # registry id or checkpoint path
     sha256: str | None = None  # of the weights file it was loaded from (None = built in memory)
+    named: bool = True  # whether ``classes`` are known names (False: a checkpoint that records none)
 
     @property
     def num_classes(self) -> int:
@@ -316,12 +317,14 @@ def load_checkpoint(
         )
     recorded_classes = raw.get("classes")
     classes = classes or (tuple(recorded_classes) if isinstance(recorded_classes, (list, tuple)) else None)
+    named = classes is not None
     num_classes = len(classes) if classes else _num_classes_of(state)
     if classes is None:
         classes = CIFAR10_CLASSES if num_classes == 10 else tuple(f"class_{i}" for i in range(num_classes))
     model = create_model(arch, num_classes=num_classes)
     _load_weights(model, state, str(path))
-    return Teacher(model.eval(), arch, Normalization.parse(normalization), classes, str(path), file_sha256(path))
+    norm = Normalization.parse(normalization)
+    return Teacher(model.eval(), arch, norm, classes, str(path), file_sha256(path), named)
 
 
 def load_teacher(

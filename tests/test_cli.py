@@ -1,3 +1,4 @@
+import copy
 import json
 import subprocess
 import sys
@@ -300,3 +301,41 @@ def test_an_unreadable_data_folder_and_out_of_memory_exit_2(
 
     monkeypatch.setattr(cli, "recover", exhausted)
     _bad([*base, "--out", str(tmp_path / "b")], capsys, "out of memory", "--dream-batch-size")
+
+
+def test_labels_are_matched_by_class_name(teacher, teacher_checkpoint, image_root, tmp_path, capsys):
+    """A checkpoint that names its classes in training order is scored by name, not by folder position;
+    other names are refused with both lists; a checkpoint without names takes the sorted folders."""
+    from dfkd_core import Teacher, save_checkpoint
+
+    from .conftest import write_image_folder
+
+    order = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 6, 4])  # the same network, its outputs listed in another order
+    shuffled = copy.deepcopy(teacher.model)
+    with torch.no_grad():
+        shuffled.fc.weight.copy_(teacher.model.fc.weight[order])
+        shuffled.fc.bias.copy_(teacher.model.fc.bias[order])
+    classes = tuple(teacher.classes[i] for i in order.tolist())
+    named = save_checkpoint(
+        tmp_path / "named.pt", shuffled, Teacher(shuffled, "resnet20", teacher.normalization, classes, "x")
+    )
+    evaluate_args = ["evaluate", "--data", str(image_root), "--json", "--teacher"]
+
+    assert main([*evaluate_args, str(teacher_checkpoint)]) == 0
+    expected = json.loads(capsys.readouterr().out)["accuracy"]
+    assert main([*evaluate_args, str(named)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["accuracy"] == expected and "labels remapped by name" in err
+
+    write_image_folder(tmp_path / "other" / "test", 1, classes=tuple(f"kind_{i}" for i in range(10)))
+    _bad(
+        ["evaluate", "--teacher", str(named), "--data", str(tmp_path / "other")],
+        capsys,
+        "folders (kind_0",
+        "teacher (cat",
+    )
+
+    torch.save(teacher.model.state_dict(), tmp_path / "plain.pt")  # no names recorded: sorted folders, with a note
+    plain = ["--arch", "resnet20", "--normalization", "cifar10"]
+    assert main(["evaluate", "--teacher", str(tmp_path / "plain.pt"), *plain, "--data", str(tmp_path / "other")]) == 0
+    assert "records no class names" in capsys.readouterr().err

@@ -62,8 +62,11 @@ from demo.settings import (
     CONTROLS,
     RECIPE_CONTROLS,
     Control,
+    InputError,
     by_name,
+    check_work,
     default_values,
+    describe_work_limit,
     parse_settings,
     recipe_values,
 )
@@ -220,6 +223,8 @@ def _controls_column(
         with gr.Accordion("Advanced: the recipe", open=False) if advanced else nullcontext():
             for control in group:
                 controls[control.name] = control_component(control, values[control.name], choices.get(control.name, ()))
+            if advanced:
+                gr.Markdown(describe_work_limit(deployment.on_gpu), elem_id="work-limit")
     with gr.Row():
         run_button = gr.Button("Run", variant="primary", elem_id="run")
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -297,7 +302,7 @@ class RunHandler:
         """The controls' values (in table order) checked and joined with where the app runs them."""
         deployment = self.deployment
         choices = {"teacher": [value for _, value in deployment.teachers]}
-        settings = parse_settings(by_name(values), choices)
+        settings = check_work(parse_settings(by_name(values), choices), deployment.on_gpu)
         local = deployment.local.get(settings.teacher)
         return RunPlan(
             settings=settings,
@@ -308,12 +313,39 @@ class RunHandler:
             out_dir=str(out_dir),
         )
 
+    def admit(self, request: gr.Request, *values: Any) -> list[Any]:
+        """Runs when Run is pressed (or /run is called), before the job joins the queue: a request with bad
+        values or too much work never waits in line, and a session holds at most one queued or running job.
+
+        Returns one ``gr.validate`` per control: the page shows a refusal under the control it is about, and
+        API clients get it as a ``ValidationError``."""
+        verdicts = [gr.validate(True, "") for _ in values]
+        session = self.deployment.sessions[request.session_hash]
+        if session.queued or session.running:
+            verdicts[0] = gr.validate(
+                False, "This tab already has a run waiting or going: press Stop first, or wait for it to end."
+            )
+            return verdicts
+        choices = {"teacher": [value for _, value in self.deployment.teachers]}
+        try:
+            check_work(parse_settings(by_name(values), choices), self.deployment.on_gpu)
+        except InputError as err:
+            named = [i for i, c in enumerate(CONTROLS) if str(err).startswith(c.label)]
+            verdicts[named[0] if named else CONTROL_NAMES.index("num_images")] = gr.validate(False, str(err))
+            return verdicts
+        session.stop_requested, session.queued = False, True
+        return verdicts
+
     def run(self, request: gr.Request, *values: Any) -> Iterator[dict[Component, Any]]:
         """One recovery for this session; ``values`` are the controls' values in :data:`CONTROL_NAMES` order."""
         sessions = self.deployment.sessions
         sessions.sweep()
         session = sessions[request.session_hash]
-        session.stop_requested, session.running = False, True
+        session.queued = False
+        if session.stop_requested:  # Stop was pressed while this run waited in the queue
+            yield self.show({"status": "<b>Stopped before it started.</b> Press Run to start again."})
+            return
+        session.running = True
         view: LiveView | None = None
         try:
             plan = self.plan(values, session.new_run_dir(sessions.root))
@@ -401,9 +433,14 @@ def _session_events(sessions: Sessions) -> tuple[Callable[..., Any], Callable[..
     def stop_run(request: gr.Request) -> tuple[str, gr.Button]:
         """Ask this session's run to end (the Stop button also cancels the run's event): status and Run button."""
         session = sessions[request.session_hash]
-        was_running = session.running
+        was_running, was_waiting = session.running, session.queued
         session.stop_requested = True
-        text = "Stopped. Press Run to start again." if was_running else "Nothing is running."
+        if was_running:
+            text = "Stopped. Press Run to start again."
+        elif was_waiting:  # it leaves the queue at its turn, without running
+            text = "Stopped: the waiting run will not start."
+        else:
+            text = "Nothing is running."
         return f"<b>{text}</b>", gr.Button(interactive=True)
 
     def end_session(request: gr.Request) -> None:
@@ -412,19 +449,25 @@ def _session_events(sessions: Sessions) -> tuple[Callable[..., Any], Callable[..
     return stop_run, end_session
 
 
-def _named_inputs(run: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    """``run(request, *values)`` with one named parameter per control, so /run API clients can pass
-    the controls by name (the library's field names) instead of by position."""
+def _named_inputs(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler(request, *values)`` with one named parameter per control, so /run API clients can pass the
+    controls by name (the library's field names) instead of by position. A generator (the run) stays one."""
+    if inspect.isgeneratorfunction(handler):
 
-    def run_by_name(*inputs: Any) -> Iterator[Any]:
-        yield from run(*inputs)
+        def by_name(*inputs: Any) -> Any:
+            yield from handler(*inputs)
+
+    else:
+
+        def by_name(*inputs: Any) -> Any:
+            return handler(*inputs)
 
     parameters = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
     parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in CONTROL_NAMES]
-    run_by_name.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    run_by_name.__annotations__ = {"request": gr.Request}  # how Gradio finds the parameter it fills itself
-    run_by_name.__doc__ = run.__doc__
-    return run_by_name
+    by_name.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    by_name.__annotations__ = {"request": gr.Request}  # how Gradio finds the parameter it fills itself
+    by_name.__doc__ = handler.__doc__
+    return by_name
 
 
 def _startup_events(app: gr.Blocks, startup: gr.Markdown, preparation: Preparation) -> None:
@@ -447,6 +490,7 @@ def _wire_events(
         _named_inputs(run.run),
         [controls[name] for name in CONTROL_NAMES],
         [outputs[name] for name in OUTPUTS],
+        validator=_named_inputs(run.admit),
         api_name="run",
         concurrency_limit=concurrency,
         concurrency_id="recovery",
@@ -490,9 +534,10 @@ def build_app(options: AppOptions, preparation: Preparation | None = None) -> gr
 
 def create_app(options: AppOptions, preparation: Preparation | None = None) -> gr.Blocks:
     """The app with its queue: ``options.concurrency`` runs at a time, the rest wait their turn."""
-    return build_app(options, preparation).queue(max_size=32, default_concurrency_limit=options.concurrency)
+    return build_app(options, preparation).queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
 
 
+QUEUE_SIZE = 8  # runs waiting at most: one per session, so a handful of scripted clients cannot fill a day
 LAUNCH = {"theme": THEME, "css": CSS, "max_file_size": "1mb"}  # the page never takes uploads
 
 

@@ -20,10 +20,12 @@ SESSION_LIFETIME_S = 3600.0  # a session without a run for this long is over: it
 
 
 class RunControl:
-    """One session's state: its Stop flag, whether a run goes on, and the folder holding its downloads."""
+    """One session's state: its Stop flag, whether a run waits in the queue or goes on, and the folder
+    holding its downloads."""
 
     def __init__(self) -> None:
         self.stop_requested = False
+        self.queued = False  # admitted to the queue, not yet started
         self.running = False
         self.out_dir: Path | None = None
         self.last_used = time.monotonic()
@@ -80,7 +82,11 @@ class Sessions:
         """End every session idle (no run going on) for longer than the lifetime; returns their hashes."""
         now = time.monotonic()
         with self._lock:
-            stale = [s for s, c in self._controls.items() if not c.running and now - c.last_used > self.lifetime]
+            stale = [
+                s
+                for s, c in self._controls.items()
+                if not (c.running or c.queued) and now - c.last_used > self.lifetime
+            ]
         for session in stale:
             self.close(session)
         return stale

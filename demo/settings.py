@@ -30,11 +30,15 @@ __all__ = [
     "Budget",
     "Control",
     "InputError",
+    "MAX_WORK",
     "Settings",
     "by_name",
+    "check_work",
+    "describe_work_limit",
     "default_values",
     "parse_settings",
     "recipe_values",
+    "work_of",
 ]
 
 
@@ -147,9 +151,9 @@ CONTROLS: tuple[Control, ...] = (
         info=" · ".join(budget.describe() for budget in BUDGETS.values()),
         choices=tuple(BUDGETS),
     ),
-    _recipe_control("num_images", "Dream count", "dream", low=1, high=65_536, whole=True),
-    _recipe_control("steps", "Dreaming steps per batch", "dream", low=1, high=20_000, whole=True),
-    _recipe_control("epochs", "Distillation epochs", "distill", low=1, high=1_000, whole=True),
+    _recipe_control("num_images", "Dream count", "dream", low=1, high=8_192, whole=True),
+    _recipe_control("steps", "Dreaming steps per batch", "dream", low=1, high=2_000, whole=True),
+    _recipe_control("epochs", "Distillation epochs", "distill", low=1, high=300, whole=True),
     _recipe_control("temperature", "Distillation temperature", "distill", positive=True),
     _recipe_control("r_bn", "BatchNorm weight (r_bn)", "dream", low=0),
     _recipe_control("tv_l2", "TV weight (smoothness of the dreams)", "dream", low=0),
@@ -194,6 +198,39 @@ class Settings:
 
 class InputError(ValueError):
     """A control holds a value the run cannot use; the message names the control by its label."""
+
+
+# The most work one run may ask for, in image-steps: dreams x (dreaming steps + distillation epochs). On a CPU,
+# the Best budget (2,048 x 260 = 532,480, about 35 minutes on two cores) fits; a GPU allows eight times that.
+MAX_WORK = {"cpu": 600_000, "gpu": 4_800_000}
+
+
+def work_of(settings: Settings) -> int:
+    """A run's work in image-steps: every dream is optimized ``steps`` times and seen once per epoch."""
+    return settings.num_images * (settings.steps + settings.epochs)
+
+
+def describe_work_limit(on_gpu: bool) -> str:
+    """The work cap as the page states it."""
+    limit = MAX_WORK["gpu" if on_gpu else "cpu"]
+    best = BUDGETS["best"].recipe
+    return (
+        f"One run may do at most {limit:,} image-steps: dream count x (dreaming steps + distillation epochs). "
+        f"Best is {best.dream.num_images * (best.dream.steps + best.distill.epochs):,}."
+    )
+
+
+def check_work(settings: Settings, on_gpu: bool) -> Settings:
+    """``settings`` if their work fits this device's cap; :class:`InputError` saying what to lower otherwise."""
+    limit = MAX_WORK["gpu" if on_gpu else "cpu"]
+    work = work_of(settings)
+    if work > limit:
+        raise InputError(
+            f"Dream count x (dreaming steps + distillation epochs) = {settings.num_images:,} x "
+            f"{settings.steps + settings.epochs:,} = {work:,} image-steps, above this app's limit of {limit:,} on "
+            f"{'a GPU' if on_gpu else 'a CPU'}. Lower the dream count, the steps or the epochs."
+        )
+    return settings
 
 
 def by_name(values: Sequence[Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from gradio_client import Client
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 
 from demo.app import AppOptions, build_app, serve_locally
 from demo.runner import teacher_option
@@ -499,3 +499,35 @@ def test_a_gpu_schedulers_refusal_reaches_the_visitor_unchanged_with_a_hint(
             job.result(timeout=60)
         status = new_values(job, "status")[-1]
     assert refusal in status and "choose the Quick budget" in status and "duplicate the Space" in status
+
+
+def test_several_clients_at_once_and_a_greedy_one(teacher_checkpoint, image_root):
+    """Load: API clients at once, as scripts would come. The one asking for the maximum of everything is
+    refused before it queues, with a message naming the limit; a second Run from a busy session is refused;
+    the others complete, each with its own files; the page keeps loading in under 2 s meanwhile."""
+    import httpx
+
+    with serve_locally(tiny_options((teacher_checkpoint,), image_root)) as app:
+        greedy = client_of(app.local_url)
+        maximum = {c.name: c.high for c in RECIPE_CONTROLS if c.whole}  # dream count, steps, epochs at their caps
+        with pytest.raises(ValidationError, match="image-steps, above this app's limit"):
+            greedy.predict(**run_args(teacher_checkpoint, **maximum), api_name="/run")
+
+        clients = [client_of(app.local_url) for _ in range(3)]
+        jobs = [c.submit(**run_args(teacher_checkpoint, seed=i), api_name="/run") for i, c in enumerate(clients)]
+        wait_for(lambda: len(new_values(jobs[0], "status")) >= 1, 60, "the first run to start")
+        with pytest.raises(ValidationError, match="already has a run waiting or going"):
+            clients[0].predict(**run_args(teacher_checkpoint), api_name="/run")
+        loads = []
+        while not jobs[-1].done():
+            started = time.monotonic()
+            assert httpx.get(app.local_url, timeout=30).status_code == 200
+            loads.append(time.monotonic() - started)
+            time.sleep(1)
+        assert loads and max(loads) < 2, f"the page took {max(loads):.1f} s to load while runs went on"
+
+        for seed, job in enumerate(jobs):  # each session gets its own run's files: its report names its seed
+            job.result(timeout=600)
+            assert "Done" in new_values(job, "status")[-1]
+            files = {Path(f["path"]).name: Path(f["path"]) for f in new_values(job, "files")[-1]}
+            assert json.loads(files["report.json"].read_text())["settings"]["seed"] == seed

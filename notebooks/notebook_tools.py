@@ -12,7 +12,7 @@ as ``DIR/<notebook name>.png``. It refuses to save pictures of a SMOKE run: thei
 a handful of dreams and test images and would mislead anyone who sees them out of context.
 Teacher, data and budget come from the environment, as in the notebooks' parameter cells:
 ``DFKD_TEACHER``, ``DFKD_DATA``, ``DFKD_DEVICE``, ``DFKD_PRESET``, ``DFKD_SMOKE`` (``--smoke``
-sets it; its budget is defined in ``notebooks/smoke.py``), ``DFKD_DATA_DIR``, ``TORCH_HOME``.
+sets it; its budget is defined in ``notebooks/tutorial.py``), ``DFKD_DATA_DIR``, ``TORCH_HOME``.
 Needs ``nbformat``, ``nbclient`` and ``ipykernel`` (``pip install -e ".[dev]"``).
 """
 
@@ -77,14 +77,17 @@ def kernel_environment(smoke: bool | None = None) -> dict[str, str]:
     return env
 
 
-def execute(path: Path, env: dict[str, str] | None = None, timeout: int = 1200) -> tuple[nbformat.NotebookNode, float]:
-    """Run a notebook top to bottom in its own folder; raises ``nbclient.exceptions.CellExecutionError``
-    on the first failing cell. Returns the executed notebook and the wall time in seconds."""
+def execute(
+    path: Path, env: dict[str, str] | None = None, timeout: int = 1200, folder: Path | None = None
+) -> tuple[nbformat.NotebookNode, float]:
+    """Run a notebook top to bottom in ``folder`` (default: its own, where ``tutorial.py`` lies); raises
+    ``nbclient.exceptions.CellExecutionError`` on the first failing cell. Returns the executed notebook
+    and the wall time in seconds."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder or path.parent)}}
     )
     started = time.perf_counter()
     client.execute(env=env if env is not None else kernel_environment())

@@ -99,7 +99,9 @@ class Watch:
         """The latest event of type ``kind`` whose attributes equal ``fields``, e.g.
         ``watch.last(dfkd.MetricLogged, network=dfkd.Network.PRUNED)``."""
         return next(
-            e for e in reversed(self.events) if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items())
+            e
+            for e in reversed(self.events)
+            if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items())
         )
 
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -193,3 +195,22 @@ def test_dream_set_save_load_and_grid(teacher, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a dream set"):
         DreamSet.load(tmp_path / "junk.pt")
+
+
+def test_two_dreaming_runs_at_once_share_nothing(teacher):
+    """The app may dream for two sessions at once (--concurrency 2): each run's state is its own, so
+    concurrent runs give exactly what each gives alone."""
+    import threading
+
+    alone = [dream(copy.deepcopy(teacher), TINY, seed=s) for s in (1, 2)]
+    together: dict[int, DreamSet] = {}
+    threads = [
+        threading.Thread(target=lambda s=s: together.__setitem__(s, dream(copy.deepcopy(teacher), TINY, seed=s)))
+        for s in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed, expected in zip((1, 2), alone):
+        assert torch.allclose(together[seed].images, expected.images, atol=1e-5)

@@ -491,6 +491,7 @@ def _wire_events(
         [controls[name] for name in CONTROL_NAMES],
         [outputs[name] for name in OUTPUTS],
         validator=_named_inputs(run.admit),
+        preprocess=False,  # the settings table checks every value (demo.settings), with messages that name the control
         api_name="run",
         concurrency_limit=concurrency,
         concurrency_id="recovery",

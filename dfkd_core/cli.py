@@ -108,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--sparsity", type=float, default=0.75, help="fraction of Conv/Linear weights to remove, in [0, 1)"
     )
-    rec.add_argument("--scope", choices=SCOPES, default="global", help="pruning threshold scope")
+    rec.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="global",
+        help="one magnitude threshold over all layers (global, the paper's), one per layer (layerwise), or one "
+        "over scale-free layer-adaptive scores (lamp)",
+    )
     rec.add_argument("--out", required=True, type=Path, help=f"output directory ({', '.join(OUTPUT_FILES)})")
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--preset", choices=tuple(PRESETS), default="default", help="recipe preset")

@@ -130,7 +130,7 @@ class RecoveryConfig:
     teacher: str  # registry id (see list_teachers()) or a checkpoint path (str or Path)
     data: str = "cifar10"  # evaluation data: "cifar10" or an ImageFolder directory (root with test/)
     sparsity: float = 0.75  # fraction of Conv2d/Linear weights removed by L1 magnitude
-    scope: str = "global"  # "global" (one threshold over all layers, the paper's) or "layerwise"
+    scope: str = "global"  # "global" (one threshold over all layers, the paper's), "layerwise" or "lamp"
     recipe: Recipe = field(default_factory=Recipe)
     baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (oracle)
     curve_per_class: int = 200  # per-epoch accuracy curve on this many test images per class (0 = full split)

@@ -6,6 +6,10 @@
 * ``scope="global"`` (the paper's method): one magnitude threshold across all layers, so
   layers with many small weights lose more than layers with few large ones.
 * ``scope="layerwise"``: every layer loses the same fraction of its own weights.
+* ``scope="lamp"``: one threshold over layer-adaptive scores (LAMP, Lee et al., ICLR 2021): a weight's
+  squared magnitude over the sum of the squares of the weights of its layer at least as large. Scores
+  do not change when a layer is rescaled, so a layer is never emptied because its weights happen to be
+  small (a convolution followed by BatchNorm computes the same function at any scale).
 
 Masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
@@ -26,6 +30,7 @@ __all__ = [
     "LayerSparsity",
     "check_scope",
     "check_sparsity",
+    "lamp_scores",
     "clone_model",
     "count_nonzero_parameters",
     "make_permanent",
@@ -36,7 +41,8 @@ __all__ = [
 ]
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
-SCOPES = ("global", "layerwise")  # one magnitude threshold over all layers (the paper's), or one per layer
+# One magnitude threshold over all layers (the paper's), one per layer, or one over scale-free LAMP scores.
+SCOPES = ("global", "layerwise", "lamp")
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -61,7 +67,7 @@ def check_scope(scope: str) -> str:
 def prune_model(
     model: nn.Module,
     sparsity: float,
-    scope: Literal["global", "layerwise"] = "global",
+    scope: Literal["global", "layerwise", "lamp"] = "global",
     inplace: bool = False,
 ) -> nn.Module:
     """Zero the ``sparsity`` fraction of smallest-magnitude Conv2d/Linear weights.
@@ -75,15 +81,32 @@ def prune_model(
     layers = prunable_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
-    if scope == "global":
+    if scope in ("global", "lamp"):
         torch_prune.global_unstructured(
-            [(m, "weight") for _, m in layers], pruning_method=torch_prune.L1Unstructured, amount=sparsity
+            [(m, "weight") for _, m in layers],
+            pruning_method=torch_prune.L1Unstructured,
+            amount=sparsity,
+            importance_scores={(m, "weight"): lamp_scores(m.weight) for _, m in layers} if scope == "lamp" else None,
         )
     else:
         for _, m in layers:
             torch_prune.l1_unstructured(m, "weight", amount=sparsity)
     _detach_masked_weights(model)
     return model
+
+
+@torch.no_grad()
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score of every weight of a layer: ``w^2 / sum of v^2 over the layer's weights v with |v| >= |w|``.
+
+    The largest weight of every layer scores 1, so a global threshold below 1 never empties a layer.
+    """
+    squares = weight.detach().flatten().square()
+    ordered, order = squares.sort()
+    larger_or_equal = ordered.flip(0).cumsum(0).flip(0)  # sum over this weight and every larger one
+    scores = torch.empty_like(squares)
+    scores[order] = ordered / larger_or_equal.clamp_min(torch.finfo(squares.dtype).tiny)
+    return scores.view_as(weight)
 
 
 def _detach_masked_weights(model: nn.Module) -> None:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dfkd_core import create_model, make_permanent, prune_model, sparsity_report
-from dfkd_core.prune import clone_model, count_nonzero_parameters, measured_sparsity, prunable_layers
+from dfkd_core.prune import clone_model, count_nonzero_parameters, lamp_scores, measured_sparsity, prunable_layers
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75, 0.9])
@@ -26,6 +26,33 @@ def test_global_threshold_is_shared_and_uneven_across_layers():
 def test_layerwise_prunes_each_layer_equally():
     report = sparsity_report(prune_model(create_model("resnet20"), 0.5, scope="layerwise"))
     assert all(r.sparsity == pytest.approx(0.5, abs=0.01) for r in report)
+
+
+def test_lamp_scores_are_scale_free_and_keep_every_layer():
+    weight = torch.tensor([[0.1, -0.4], [0.2, 0.3]])
+    # squares 0.01, 0.16, 0.04, 0.09 (sum 0.30): each over the sum of the squares at least as large
+    expected = torch.tensor([[0.01 / 0.30, 1.0], [0.04 / 0.29, 0.09 / 0.25]])
+    assert torch.allclose(lamp_scores(weight), expected)
+    assert torch.allclose(lamp_scores(10 * weight), expected), "a rescaled layer scores the same"
+
+    model = create_model("resnet20")
+    pruned = prune_model(model, 0.9, scope="lamp")
+    assert measured_sparsity(pruned) == pytest.approx(0.9, abs=1e-4)
+    assert all(r.zeros < r.total for r in sparsity_report(pruned)), "no layer is emptied"
+
+
+def test_lamp_ignores_a_rescaling_that_moves_the_global_threshold():
+    """A convolution and the BatchNorm after it compute the same function at any weight scale: LAMP prunes
+    the rescaled network exactly like the original, while one global magnitude threshold does not."""
+    model = create_model("resnet20").eval()
+    twin = clone_model(model)
+    with torch.no_grad():
+        twin.layer2[1].conv2.weight.mul_(10)
+    for scope, same in (("lamp", True), ("global", False)):
+        masks = [
+            [m.weight_mask for _, m in prunable_layers(prune_model(net, 0.7, scope=scope))] for net in (model, twin)
+        ]
+        assert all(torch.equal(a, b) for a, b in zip(*masks)) == same, scope
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5"])

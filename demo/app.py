@@ -63,6 +63,7 @@ from demo.settings import (
     RECIPE_CONTROLS,
     Control,
     InputError,
+    Settings,
     by_name,
     check_work,
     default_values,
@@ -298,11 +299,15 @@ class RunHandler:
             gr.Warning(changed.pop("warning"))
         return {self.outputs[name]: value for name, value in changed.items()}
 
+    def settings(self, values: Sequence[Any]) -> Settings:
+        """The controls' values (in table order) checked by the table and against this device's work cap."""
+        choices = {"teacher": [value for _, value in self.deployment.teachers]}
+        return check_work(parse_settings(by_name(values), choices), self.deployment.on_gpu)
+
     def plan(self, values: Sequence[Any], out_dir: Path) -> RunPlan:
         """The controls' values (in table order) checked and joined with where the app runs them."""
         deployment = self.deployment
-        choices = {"teacher": [value for _, value in deployment.teachers]}
-        settings = check_work(parse_settings(by_name(values), choices), deployment.on_gpu)
+        settings = self.settings(values)
         local = deployment.local.get(settings.teacher)
         return RunPlan(
             settings=settings,
@@ -326,9 +331,8 @@ class RunHandler:
                 False, "This tab already has a run waiting or going: press Stop first, or wait for it to end."
             )
             return verdicts
-        choices = {"teacher": [value for _, value in self.deployment.teachers]}
         try:
-            check_work(parse_settings(by_name(values), choices), self.deployment.on_gpu)
+            self.settings(values)
         except InputError as err:
             named = [i for i, c in enumerate(CONTROLS) if str(err).startswith(c.label)]
             verdicts[named[0] if named else CONTROL_NAMES.index("num_images")] = gr.validate(False, str(err))

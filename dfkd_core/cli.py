@@ -27,7 +27,7 @@ from .events import Finished, Stage, StageFinished
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
 from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
-from .prune import SCOPES
+from .prune import GRANULARITIES, SCOPES
 from .refit import RefitConfig
 from .zoo import get_pretrained, list_teachers
 
@@ -106,7 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec = commands.add_parser("recover", help="prune a teacher and recover it by data-free distillation")
     _add_teacher_flags(rec)
     rec.add_argument(
-        "--sparsity", type=float, default=0.75, help="fraction of Conv/Linear weights to remove, in [0, 1)"
+        "--sparsity",
+        type=float,
+        default=0.75,
+        help="fraction to remove, in [0, 1): of the Conv/Linear weights, or of the MACs with --granularity channel",
+    )
+    rec.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="weight",
+        help="remove single weights (weight, the paper's: same shape and speed) or whole channels with "
+        "Torch-Pruning (channel: a smaller, faster network)",
     )
     rec.add_argument(
         "--scope",
@@ -208,7 +218,11 @@ def _summary(result: RecoveryResult) -> str:
     parts.append(f"recovered {result.recovered_acc:.2f}%")
     labels = {"noise": "noise", "real": "real-data oracle"}
     parts += [f"{labels[name]} {value:.2f}%" for name, value in result.baselines.items() if value is not None]
-    return "  ".join(parts) + f"  (sparsity {result.sparsity:.1%}, {result.timings['total']:.0f} s on {result.device})"
+    speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
+    return (
+        "  ".join(parts)
+        + f"  ({result.pruning} removed; CPU speed-up {speed}; {result.timings['total']:.0f} s on {result.device})"
+    )
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -219,6 +233,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         data=args.data,
         sparsity=args.sparsity,
         scope=args.scope,
+        granularity=args.granularity,
         recipe=_recipe_from_args(args),
         baselines=baselines,
         curve_per_class=args.curve_per_class,

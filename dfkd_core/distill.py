@@ -3,7 +3,8 @@
 The loss is Hinton et al.'s (2015) softened KL divergence, ``T^2 * KL(p_teacher^T || p_student^T)``,
 optionally plus a feature term: the student *is* the teacher with weights removed, so every
 BatchNorm output of the student has a counterpart in the teacher, and matching them layer by
-layer gives far more signal per image than the ten logits alone.
+layer gives far more signal per image than the ten logits alone. A student that lost whole
+channels is matched on the teacher channels it kept (its layers' ``kept_channels``).
 
 Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
 noise or a handful of real images for the baselines. This module never loads data itself.
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._knobs import knob, require_finite, require_positive_int
+from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .zoo import Normalization
 
@@ -134,15 +136,30 @@ class _FeatureTaps:
             h.remove()
 
 
-def _shared_bn_names(student: nn.Module, teacher: nn.Module) -> list[str]:
-    student_bns = {n: m.num_features for n, m in student.named_modules() if isinstance(m, _BN)}
+def _shared_bn_names(student: nn.Module, teacher: nn.Module) -> dict[str, torch.Tensor | None]:
+    """``{BatchNorm layer name: the teacher channels it kept}`` (``None``: all of them) of a student pruned
+    from ``teacher``; ``ValueError`` when a layer has no counterpart."""
     teacher_bns = {n: m.num_features for n, m in teacher.named_modules() if isinstance(m, _BN)}
-    if not student_bns or student_bns != teacher_bns:
+    shared: dict[str, torch.Tensor | None] = {}
+    for name, m in student.named_modules():
+        if not isinstance(m, _BN):
+            continue
+        kept = getattr(m, KEPT, None)
+        full = m.num_features if kept is None else int(kept.max()) + 1 if len(kept) else 0
+        if (
+            name not in teacher_bns
+            or (kept is None and m.num_features != teacher_bns[name])
+            or full > teacher_bns[name]
+        ):
+            shared = {}
+            break
+        shared[name] = kept
+    if not shared or set(shared) != set(teacher_bns):
         raise ValueError(
             "feature_weight > 0 needs student and teacher with the same BatchNorm layers (a pruned copy of the "
             "teacher has them); set feature_weight to 0 for a student of another architecture"
         )
-    return list(student_bns)
+    return shared
 
 
 def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -164,6 +181,7 @@ class _Session:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     taps: tuple[_FeatureTaps, _FeatureTaps]  # (student, teacher) BatchNorm outputs
+    kept: dict[str, torch.Tensor | None]  # per tapped layer, the teacher channels the student kept (None = all)
     generator: torch.Generator
     device: torch.device
     stage: Stage
@@ -181,10 +199,14 @@ def _step_loss(session: _Session, batch: torch.Tensor) -> torch.Tensor:
         teacher_logits = session.teacher(x)
     loss = _kd_loss(session.student(x), teacher_logits, config.temperature)
     student_taps, teacher_taps = session.taps
-    names = teacher_taps.names
-    if names:
-        feature_loss = sum(F.mse_loss(student_taps.outputs[n], teacher_taps.outputs[n]) for n in names)
-        loss = loss + config.feature_weight * feature_loss / len(names)
+    if session.kept:
+        feature_loss = sum(
+            F.mse_loss(
+                student_taps.outputs[n], teacher_taps.outputs[n] if kept is None else teacher_taps.outputs[n][:, kept]
+            )
+            for n, kept in session.kept.items()
+        )
+        loss = loss + config.feature_weight * feature_loss / len(session.kept)
     return loss
 
 
@@ -252,8 +274,8 @@ def iter_distill(
         weight_decay=config.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    names = _shared_bn_names(student, teacher) if config.feature_weight > 0 else []
-    taps = (_FeatureTaps(student, names), _FeatureTaps(teacher, names))
+    kept = _shared_bn_names(student, teacher) if config.feature_weight > 0 else {}
+    taps = (_FeatureTaps(student, list(kept)), _FeatureTaps(teacher, list(kept)))
     session = _Session(
         student,
         teacher,
@@ -263,6 +285,7 @@ def iter_distill(
         optimizer,
         schedule,
         taps,
+        kept,
         torch.Generator().manual_seed(seed),
         device,
         stage,

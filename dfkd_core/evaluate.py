@@ -1,6 +1,12 @@
-"""Top-1 accuracy on held-out data: the only place real images meet the models."""
+"""Measuring: top-1 accuracy on held-out data (the only place real images meet the models), and what a
+network costs to keep and to run (parameters, MACs, bytes, measured latency)."""
 
 from __future__ import annotations
+
+import io
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -8,7 +14,11 @@ from torch import nn
 from .data import ImageSet
 from .zoo import Normalization, Teacher
 
-__all__ = ["align_classes", "evaluate"]
+__all__ = ["LATENCY_BATCHES", "ModelSize", "align_classes", "evaluate", "measure_latency", "measure_size"]
+
+LATENCY_BATCHES = (1, 256)  # one image at a time (an app's request) and a large batch (throughput)
+LATENCY_REPEATS = 7  # timed rounds per model; the median is reported
+LATENCY_MIN_SECONDS = 0.2  # a timed round repeats the forward pass until it lasts this long (small batches)
 
 
 def align_classes(data: ImageSet, teacher: Teacher, source: str) -> tuple[ImageSet, str | None]:
@@ -67,3 +77,71 @@ def evaluate(
     finally:
         model.train(was_training)
     return 100.0 * correct / max(1, len(data))
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What a network costs to store and to run, counted (not timed)."""
+
+    params: int  # parameters stored
+    nonzero_params: int  # of which not zero (what a sparse format would keep)
+    macs: int  # multiply-accumulates of one image's forward pass, as the network runs (zeros included)
+    bytes: int  # its state dict saved with torch.save, uncompressed
+
+
+@torch.no_grad()
+def measure_size(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> ModelSize:
+    """Parameters, MACs and saved bytes of ``model`` (pruning masks, if any, are folded in on a copy)."""
+    from .channels import count_macs
+    from .prune import clone_model, make_permanent
+
+    plain = make_permanent(clone_model(model)).cpu().eval()
+    buffer = io.BytesIO()
+    torch.save(plain.state_dict(), buffer)
+    params = list(plain.parameters())
+    return ModelSize(
+        params=sum(p.numel() for p in params),
+        nonzero_params=sum(int((p != 0).sum()) for p in params),
+        macs=count_macs(plain, input_size),
+        bytes=buffer.getbuffer().nbytes,
+    )
+
+
+@torch.inference_mode()
+def measure_latency(
+    models: dict[str, nn.Module],
+    input_size: tuple[int, int, int] = (3, 32, 32),
+    batch_sizes: tuple[int, ...] = LATENCY_BATCHES,
+    repeats: int = LATENCY_REPEATS,
+) -> dict[str, dict[int, float]]:
+    """Milliseconds per forward pass on the CPU, ``{name: {batch size: median}}``.
+
+    The models are timed in turns within each round, so a busy moment of the machine slows all of them
+    alike and ratios between them stay fair. Copies run in eval mode, channels_last, with masks folded in.
+    """
+    from .prune import clone_model, make_permanent
+
+    plain = {
+        name: make_permanent(clone_model(m)).cpu().eval().to(memory_format=torch.channels_last)
+        for name, m in models.items()
+    }
+    timings: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in plain}
+    for batch in batch_sizes:
+        x = torch.randn(batch, *input_size).contiguous(memory_format=torch.channels_last)
+        calls = {name: _calls_per_round(m, x) for name, m in plain.items()}
+        for _ in range(repeats):
+            for name, m in plain.items():
+                started = time.perf_counter()
+                for _ in range(calls[name]):
+                    m(x)
+                timings[name][batch].append(1000 * (time.perf_counter() - started) / calls[name])
+    return {name: {b: statistics.median(t) for b, t in per_batch.items()} for name, per_batch in timings.items()}
+
+
+def _calls_per_round(model: nn.Module, x: torch.Tensor) -> int:
+    """Forward passes per timed round: enough to last ``LATENCY_MIN_SECONDS`` (after two warm-up passes)."""
+    model(x)
+    started = time.perf_counter()
+    model(x)
+    once = time.perf_counter() - started
+    return max(1, min(1000, round(LATENCY_MIN_SECONDS / max(once, 1e-6))))

@@ -29,7 +29,7 @@ from .data import ImageSet, load_eval_set, load_train_subset, train_split_availa
 from .device import resolve_device
 from .distill import DistillConfig, iter_distill
 from .dream import DreamConfig, DreamSet, iter_dream, require_batchnorm
-from .evaluate import align_classes, evaluate
+from .evaluate import ModelSize, align_classes, evaluate, measure_latency, measure_size
 from .events import (
     Event,
     Finished,
@@ -45,6 +45,7 @@ from .events import (
 )
 from .prune import (
     LayerSparsity,
+    check_granularity,
     check_scope,
     check_sparsity,
     clone_model,
@@ -129,8 +130,9 @@ class RecoveryConfig:
 
     teacher: str  # registry id (see list_teachers()) or a checkpoint path (str or Path)
     data: str = "cifar10"  # evaluation data: "cifar10" or an ImageFolder directory (root with test/)
-    sparsity: float = 0.75  # fraction of Conv2d/Linear weights removed by L1 magnitude
+    sparsity: float = 0.75  # fraction removed: of Conv2d/Linear weights (granularity "weight"), of MACs ("channel")
     scope: str = "global"  # "global" (one threshold over all layers, the paper's), "layerwise" or "lamp"
+    granularity: str = "weight"  # "weight" (single weights by L1 magnitude) or "channel" (whole channels: faster)
     recipe: Recipe = field(default_factory=Recipe)
     baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (oracle)
     curve_per_class: int = 200  # per-epoch accuracy curve on this many test images per class (0 = full split)
@@ -147,6 +149,7 @@ class RecoveryConfig:
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         check_sparsity(self.sparsity)
         check_scope(self.scope)
+        check_granularity(self.granularity)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED - 1}, got {self.seed!r}")
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -170,7 +173,7 @@ class RecoveryResult:
     pruned_acc: float
     recovered_acc: float
     refit_acc: float | None  # after the layer-wise refit, before distillation (None = not run)
-    sparsity: float  # measured fraction of zero prunable weights
+    sparsity: float  # measured fraction removed: of prunable weights, or of MACs for channel pruning
     layers: list[LayerSparsity]
     curve: list[tuple[int, float]]  # (epoch, accuracy on the curve subset); epoch 0 = start of distillation
     curve_references: dict[str, float]  # teacher, pruned, refit and baseline accuracy on the curve subset
@@ -180,6 +183,20 @@ class RecoveryResult:
     device: str
     showcase: DreamSet | None = None  # the dreams formed to watch (config.showcase per class), if any
     baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # "noise"/"real" per epoch
+    sizes: dict[str, ModelSize] = field(default_factory=dict)  # "teacher" and "recovered": parameters, MACs, bytes
+    latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # the same two, CPU, by batch size
+
+    @property
+    def pruning(self) -> str:
+        """What was removed, in words: "75% of weights" or "50% of MACs (whole channels)"."""
+        if self.config.granularity == "channel":
+            return f"{self.sparsity:.0%} of MACs (whole channels)"
+        return f"{self.sparsity:.0%} of weights"
+
+    def speedup(self) -> dict[int, float]:
+        """The recovered student's measured speed-up over the teacher, by batch size (1.0 = as fast)."""
+        teacher, student = self.latency_ms.get("teacher", {}), self.latency_ms.get("recovered", {})
+        return {b: teacher[b] / student[b] for b in teacher if b in student and student[b] > 0}
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
@@ -196,6 +213,15 @@ class RecoveryResult:
                 "target": self.config.sparsity,
                 "measured": round(self.sparsity, 4),
                 "scope": self.config.scope,
+                "granularity": self.config.granularity,
+                "of": "MACs" if self.config.granularity == "channel" else "weights",
+            },
+            "size": {name: asdict(size) for name, size in self.sizes.items()},
+            "latency_ms": {
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                **{name: {str(b): round(ms, 3) for b, ms in per.items()} for name, per in self.latency_ms.items()},
+                "speedup": {str(b): round(x, 3) for b, x in self.speedup().items()},
             },
             "baselines": {
                 "noise": _rounded(self.baselines.get("noise")),
@@ -217,7 +243,7 @@ class RecoveryResult:
                 "baselines": {k: [round(a, 2) for _, a in v] for k, v in self.baseline_curves.items()},
                 "images": self.eval_info["curve_images"],
             },
-            "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "zeros": r.zeros} for r in self.layers],
+            "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "removed": r.removed} for r in self.layers],
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "eval": {k: v for k, v in self.eval_info.items() if k != "curve_images"},
             "device": self.device,
@@ -275,6 +301,13 @@ class _Run:
     timings: dict[str, float] = field(default_factory=dict)
     references: dict[str, float] = field(default_factory=dict)  # accuracy on the curve subset, by Network
     baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per epoch, like the curve
+    sizes: dict[str, ModelSize] = field(default_factory=dict)
+    latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        assert self.test_set is not None
+        return tuple(self.test_set.images.shape[1:])  # type: ignore[return-value]
 
     def measure(self, model: nn.Module, images: ImageSet | None = None) -> float:
         assert self.teacher is not None and self.eval_set is not None
@@ -327,13 +360,26 @@ def _load(run: _Run, dreams: DreamSet | None) -> Generator[Event, None, None]:
 
 
 def _prune(run: _Run) -> Generator[Event, None, tuple[nn.Module, list[LayerSparsity], float]]:
-    """The pruned network, its per-layer sparsity and overall sparsity; the accuracy cliff on the curve subset."""
+    """The pruned network, its per-layer sparsity and overall sparsity (of weights, or of MACs for channels);
+    the accuracy cliff on the curve subset."""
     config, teacher = run.config, run.teacher
-    assert teacher is not None
-    yield StageStarted(Stage.PRUNE, 0, f"{config.scope} L1 pruning to {config.sparsity:.0%}")
+    assert teacher is not None and run.test_set is not None
+    if config.granularity == "channel":
+        what = f"{config.scope} channel pruning to {config.sparsity:.0%} of MACs removed"
+    else:
+        what = f"{config.scope} L1 pruning to {config.sparsity:.0%}"
+    yield StageStarted(Stage.PRUNE, 0, what)
     t0 = time.perf_counter()
-    pruned = prune_model(teacher.model, config.sparsity, config.scope)
-    layers, sparsity = sparsity_report(pruned), measured_sparsity(pruned)
+    input_size = run.input_size
+    pruned = prune_model(
+        teacher.model, config.sparsity, config.scope, granularity=config.granularity, input_size=input_size
+    )
+    layers = sparsity_report(pruned, dense=teacher.model)
+    if config.granularity == "channel":
+        run.sizes["teacher"] = measure_size(teacher.model, input_size)
+        sparsity = 1 - measure_size(pruned, input_size).macs / run.sizes["teacher"].macs
+    else:
+        sparsity = measured_sparsity(pruned)
     for network, model in ((Network.TEACHER, teacher.model), (Network.PRUNED, pruned)):
         run.references[network] = run.measure_curve(model)
         yield MetricLogged(Stage.PRUNE, Metric.CURVE_ACCURACY, network, run.references[network])
@@ -491,7 +537,8 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
 
 
 def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[Event, None, dict[Network, float]]:
-    """The reported accuracies of every model given (``None`` entries are skipped), on the evaluation split."""
+    """The reported accuracies of every model given (``None`` entries are skipped), on the evaluation split;
+    then the size and CPU latency of the teacher and the recovered student."""
     measured = {network: model for network, model in models.items() if model is not None}
     assert run.eval_set is not None
     yield StageStarted(Stage.EVALUATE, len(measured), f"top-1 on {len(run.eval_set):,} held-out images")
@@ -501,8 +548,13 @@ def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[E
         final[network] = run.measure(model)
         yield MetricLogged(Stage.EVALUATE, Metric.ACCURACY, network, final[network])
         yield Progress(Stage.EVALUATE, step, len(measured))
+    timed = {str(n): measured[n] for n in (Network.TEACHER, Network.RECOVERED)}
+    for name, model in timed.items():
+        run.sizes.setdefault(name, measure_size(model, run.input_size))
+    run.latency_ms = measure_latency(timed, run.input_size)
     run.timings[Stage.EVALUATE] = time.perf_counter() - t0
-    yield StageFinished(Stage.EVALUATE, run.timings[Stage.EVALUATE], {str(k): v for k, v in final.items()})
+    summary = {**{str(k): v for k, v in final.items()}, "sizes": dict(run.sizes), "latency_ms": run.latency_ms}
+    yield StageFinished(Stage.EVALUATE, run.timings[Stage.EVALUATE], summary)
     return final
 
 
@@ -563,6 +615,8 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         device=str(run.device),
         showcase=showcase,
         baseline_curves=dict(run.baseline_curves),
+        sizes=dict(run.sizes),
+        latency_ms=run.latency_ms,
     )
     yield Finished(result)
     return result

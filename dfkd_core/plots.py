@@ -69,7 +69,7 @@ def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
     ax.set_ylim(0, 100)
     ax.set_ylabel("weights pruned (%)")
     total = sum(r.total for r in layers)
-    overall = 100 * sum(r.zeros for r in layers) / max(1, total)
+    overall = 100 * sum(r.removed for r in layers) / max(1, total)
     ax.set_title(title or f"Per-layer sparsity (overall {overall:.1f}% of {total:,} weights)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -86,7 +86,7 @@ def result_figure(result: RecoveryResult, title: str = "Recovery by data-free di
         refs["teacher"],
         refs["pruned"],
         baselines,
-        subtitle=f"{result.teacher.arch} at {result.sparsity:.0%} sparsity, accuracy on {images:,} test images",
+        subtitle=f"{result.teacher.arch}, {result.pruning} removed, accuracy on {images:,} test images",
         title=title,
     )
 

@@ -1,7 +1,10 @@
-"""Unstructured L1 magnitude pruning with :mod:`torch.nn.utils.prune`.
+"""Pruning: the teacher loses weights (``granularity="weight"``) or whole channels (``"channel"``).
 
-``sparsity`` always means the fraction of prunable weights (the ``weight`` of every
-``Conv2d`` and ``Linear``; biases and BatchNorm parameters are never pruned) that are zero.
+Weights (the paper's method) go by unstructured L1 magnitude with :mod:`torch.nn.utils.prune`;
+``sparsity`` is then the fraction of prunable weights (the ``weight`` of every ``Conv2d`` and
+``Linear``; biases and BatchNorm parameters are never pruned) that are zero. The network keeps its
+shape, size and speed. Channels go with Torch-Pruning (:mod:`dfkd_core.channels`); ``sparsity`` is
+then the fraction of MACs removed, and the network really gets smaller and faster.
 
 * ``scope="global"`` (the paper's method): one magnitude threshold across all layers, so
   layers with many small weights lose more than layers with few large ones.
@@ -11,7 +14,7 @@
   do not change when a layer is rescaled, so a layer is never emptied because its weights happen to be
   small (a convolution followed by BatchNorm computes the same function at any scale).
 
-Masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
+For weights, masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
 """
 
@@ -26,8 +29,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 __all__ = [
+    "GRANULARITIES",
     "SCOPES",
     "LayerSparsity",
+    "check_granularity",
     "check_scope",
     "check_sparsity",
     "lamp_scores",
@@ -43,6 +48,8 @@ __all__ = [
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # One magnitude threshold over all layers (the paper's), one per layer, or one over scale-free LAMP scores.
 SCOPES = ("global", "layerwise", "lamp")
+# Unstructured (single weights, the paper's) or structured (whole channels, a smaller and faster network).
+GRANULARITIES = ("weight", "channel")
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -51,10 +58,22 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def check_sparsity(sparsity: float) -> float:
-    """``sparsity`` as a float; ``ValueError`` unless it is a number in [0, 1) (the fraction of weights removed)."""
+    """``sparsity`` as a float; ``ValueError`` unless it is a number in [0, 1) (the fraction removed)."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1), the fraction of weights to remove; got {sparsity!r}")
+        raise ValueError(
+            f"sparsity must be a number in [0, 1), the fraction of weights (or of MACs, for channels) to remove; "
+            f"got {sparsity!r}"
+        )
     return float(sparsity)
+
+
+def check_granularity(granularity: str) -> str:
+    """``granularity`` itself; ``ValueError`` unless it is one of :data:`GRANULARITIES`."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"pruning granularity must be one of {', '.join(map(repr, GRANULARITIES))}, got {granularity!r}"
+        )
+    return granularity
 
 
 def check_scope(scope: str) -> str:
@@ -69,14 +88,22 @@ def prune_model(
     sparsity: float,
     scope: Literal["global", "layerwise", "lamp"] = "global",
     inplace: bool = False,
+    granularity: Literal["weight", "channel"] = "weight",
+    input_size: tuple[int, int, int] = (3, 32, 32),
 ) -> nn.Module:
-    """Zero the ``sparsity`` fraction of smallest-magnitude Conv2d/Linear weights.
+    """Zero the ``sparsity`` fraction of smallest-magnitude Conv2d/Linear weights, or (``granularity="channel"``)
+    remove whole channels until ``sparsity`` of the MACs of a ``input_size`` image are gone.
 
-    Returns the pruned model (a deep copy unless ``inplace``) with masks attached. Pruning an
-    already-pruned model composes, as :mod:`torch.nn.utils.prune` does.
+    Returns the pruned model (a deep copy unless ``inplace``): with masks attached for weights (pruning
+    an already-pruned model composes, as :mod:`torch.nn.utils.prune` does), with fewer channels and
+    ``kept_channels`` buffers for channels (see :func:`dfkd_core.channels.prune_channels`).
     """
     sparsity = check_sparsity(sparsity)
     check_scope(scope)
+    if check_granularity(granularity) == "channel":
+        from .channels import prune_channels
+
+        return prune_channels(model, sparsity, scope, input_size, inplace)
     model = model if inplace else copy.deepcopy(model)
     layers = prunable_layers(model)
     if not layers:
@@ -135,27 +162,30 @@ def make_permanent(model: nn.Module) -> nn.Module:
 class LayerSparsity:
     name: str
     kind: str  # "Conv2d" or "Linear"
-    total: int  # weights in the layer
-    zeros: int  # of which exactly zero
+    total: int  # weights in the layer (of the dense network, when one is given)
+    removed: int  # of which zero or gone with a removed channel
 
     @property
     def sparsity(self) -> float:
-        return self.zeros / self.total
+        return self.removed / self.total
 
 
-def sparsity_report(model: nn.Module) -> list[LayerSparsity]:
-    """Per-layer count of zero weights (masked or not), in definition order."""
+def sparsity_report(model: nn.Module, dense: nn.Module | None = None) -> list[LayerSparsity]:
+    """Per-layer count of removed weights, in definition order: weights that are zero (masked or not) and,
+    against the ``dense`` network it was pruned from, weights gone with the channels removed."""
+    totals = {name: m.weight.numel() for name, m in prunable_layers(dense)} if dense is not None else {}
     report = []
     for name, m in prunable_layers(model):
         weight = m.weight.detach()
-        report.append(LayerSparsity(name, type(m).__name__, weight.numel(), int((weight == 0).sum())))
+        total = totals.get(name, weight.numel())
+        report.append(LayerSparsity(name, type(m).__name__, total, total - int((weight != 0).sum())))
     return report
 
 
-def measured_sparsity(model: nn.Module) -> float:
-    """Fraction of all prunable weights that are zero."""
-    report = sparsity_report(model)
-    return sum(r.zeros for r in report) / max(1, sum(r.total for r in report))
+def measured_sparsity(model: nn.Module, dense: nn.Module | None = None) -> float:
+    """Fraction of all prunable weights removed (see :func:`sparsity_report`)."""
+    report = sparsity_report(model, dense)
+    return sum(r.removed for r in report) / max(1, sum(r.total for r in report))
 
 
 @torch.no_grad()

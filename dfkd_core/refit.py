@@ -4,7 +4,8 @@ Pruning zeroes weights and leaves the survivors as they were, although the best 
 survivors of a row change once its neighbours are gone. With the pruning mask held fixed, the best
 survivors are the solution of a small least-squares problem per output unit: on the dreams, make
 the student's layer output, computed from the *student's own* input to that layer, match the
-teacher's output of the same layer. Layers are refit in forward order, so each one also absorbs
+teacher's output of the same layer (of the channels it kept, for a student that lost channels).
+Layers are refit in forward order, so each one also absorbs
 the error its pruned predecessors left in its input (the fixed-mask weight update of Optimal Brain
 Compression, Frantar & Alistarh 2022, with the mask left as global L1 pruning chose it).
 
@@ -32,6 +33,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ._knobs import knob, require_finite, require_positive_int
+from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .prune import prunable_layers
 from .zoo import Normalization
@@ -151,6 +153,14 @@ def masked_least_squares(
     return w
 
 
+def _select_kept(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """The teacher's ``(groups, rows, features)`` restricted to the output channels ``layer`` kept, if it lost any."""
+    kept = getattr(layer, KEPT, None)
+    if kept is None:
+        return rows
+    return rows[kept] if rows.shape[1] == 1 and rows.shape[0] > 1 else rows[:, kept]  # depthwise: one row per group
+
+
 @torch.no_grad()
 def _refit_layer(
     student: nn.Module,
@@ -166,15 +176,22 @@ def _refit_layer(
         x = inputs[start : start + config.batch_size]
         own = _features(layer, _layer_input(student, layer, x)).transpose(1, 2)
         theirs = _features(reference, _layer_input(teacher, reference, x))
+        if theirs.shape[0] != own.shape[0]:  # a depthwise convolution that lost channels: one group per channel
+            theirs = theirs[getattr(layer, KEPT)]
         batch_gram = torch.bmm(own, own.transpose(1, 2)).double()  # batch sums in float32, totals in float64
         batch_cross = torch.bmm(own, theirs).double()
         gram = batch_gram if gram is None else gram + batch_gram
         cross = batch_cross if cross is None else cross + batch_cross
     assert gram is not None and cross is not None  # inputs is never empty
-    target = torch.bmm(_rows(reference, reference.weight, reference.bias), cross.transpose(1, 2))
-    mask = _rows(layer, layer.weight_mask, None if layer.bias is None else torch.ones_like(layer.bias))
+    reference_rows = _select_kept(layer, _rows(reference, reference.weight, reference.bias))
+    target = torch.bmm(reference_rows, cross.transpose(1, 2))
+    masked = hasattr(layer, "weight_mask")
+    weight_mask = layer.weight_mask if masked else torch.ones_like(layer.weight)
+    mask = _rows(layer, weight_mask, None if layer.bias is None else torch.ones_like(layer.bias))
     identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    damped = gram + config.damping * gram.diagonal(dim1=1, dim2=2).mean(1).view(-1, 1, 1) * identity
+    energy = gram.diagonal(dim1=1, dim2=2).mean(1)  # per group; a depthwise channel that never fires has none
+    energy = torch.where(energy > 0, energy, energy.mean()).clamp_min(torch.finfo(gram.dtype).tiny)
+    damped = gram + config.damping * energy.view(-1, 1, 1) * identity
     start = _rows(layer, layer.weight, layer.bias)
     refit = masked_least_squares(damped, target, mask, start, config.iterations, config.tolerance)
     refit = refit.reshape(layer.weight.shape[0], -1).to(layer.weight.dtype)
@@ -186,9 +203,31 @@ def _refit_layer(
     if layer.bias is not None:
         layer.bias.copy_(refit[:, -1])
         refit = refit[:, :-1]
+    if not masked:  # a layer that lost whole channels: every weight it has left is free
+        layer.weight.copy_(refit.view_as(layer.weight))
+        return
     kept = layer.weight_mask.bool()
     layer.weight_orig.copy_(torch.where(kept, refit.view_as(layer.weight_orig), layer.weight_orig))
     layer.weight = layer.weight_orig * layer.weight_mask
+
+
+def _slimmer(layer: nn.Module, reference: nn.Module | None) -> bool:
+    """Whether ``layer`` lost channels (of its inputs or outputs) against its ``reference`` in the teacher."""
+    return reference is not None and reference.weight.shape != layer.weight.shape
+
+
+def _counterpart(layer: nn.Module, reference: nn.Module | None) -> bool:
+    """Whether ``reference`` is what ``layer`` was pruned from: the same shape, or the same kind with channels
+    removed (a depthwise convolution stays depthwise)."""
+    if reference is None or type(reference) is not type(layer):
+        return False
+    if reference.weight.shape == layer.weight.shape:
+        return True
+    if isinstance(layer, nn.Conv2d):
+        depthwise = reference.groups == reference.out_channels > 1
+        if reference.groups != layer.groups and not (depthwise and layer.groups == layer.out_channels):
+            return False
+    return all(mine <= theirs for mine, theirs in zip(layer.weight.shape, reference.weight.shape))
 
 
 @dataclass
@@ -213,9 +252,13 @@ def iter_refit(
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"refit needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     device = torch.device(device)
-    layers = [(name, m) for name, m in prunable_layers(student) if torch_prune.is_pruned(m)]
     references = dict(prunable_layers(teacher))
-    missing = [name for name, m in layers if name not in references or references[name].weight.shape != m.weight.shape]
+    layers = [
+        (name, m)
+        for name, m in prunable_layers(student)
+        if torch_prune.is_pruned(m) or _slimmer(m, references.get(name))
+    ]
+    missing = [name for name, m in layers if not _counterpart(m, references.get(name))]
     if missing:
         raise ValueError(
             f"refit needs the student to be a pruned copy of the teacher; layer(s) {', '.join(missing)} "

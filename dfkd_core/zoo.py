@@ -266,6 +266,30 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(full)
 
 
+def _widths(model: nn.Module) -> dict[str, int]:
+    """Output channels (features) of every Conv2d, Linear and BatchNorm layer."""
+    return {
+        name: int(m.weight.shape[0])
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) and m.weight is not None
+    }
+
+
+def _reshape_to_record(model: nn.Module, state: dict[str, torch.Tensor], record: Any, path: Path) -> None:
+    """Shrink ``model`` to a channel-pruned checkpoint's widths, after checking the file agrees with itself."""
+    from .channels import reshape_like
+
+    full = _widths(model)
+    if not isinstance(record, dict) or any(
+        not isinstance(n, int) or name not in full or not 0 < n <= full[name] for name, n in record.items()
+    ):
+        raise ValueError(f"checkpoint {str(path)!r} records channel widths that do not fit its architecture")
+    saved = {name: int(state[f"{name}.weight"].shape[0]) for name in record if f"{name}.weight" in state}
+    if saved != record:
+        raise ValueError(f"checkpoint {str(path)!r}: the recorded channel widths disagree with its weights")
+    reshape_like(model, state)
+
+
 def _num_classes_of(state: dict[str, torch.Tensor]) -> int:
     """Output size of the final linear layer: the last 2-D weight in the state dict."""
     matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
@@ -322,6 +346,8 @@ def load_checkpoint(
     if classes is None:
         classes = CIFAR10_CLASSES if num_classes == 10 else tuple(f"class_{i}" for i in range(num_classes))
     model = create_model(arch, num_classes=num_classes)
+    if raw.get("channels") is not None:  # a student that lost whole channels: its layers take the saved widths
+        _reshape_to_record(model, state, raw["channels"], path)
     _load_weights(model, state, str(path))
     norm = Normalization.parse(normalization)
     return Teacher(model.eval(), arch, norm, classes, str(path), file_sha256(path), named)
@@ -366,15 +392,19 @@ def load_teacher(
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, teacher: Teacher, **extra: Any) -> Path:
     """Write ``model`` with everything needed to load it again without flags (arch, normalization,
-    classes), atomically: a crash never leaves a half-written file behind."""
+    classes, and the widths of layers that lost channels), atomically: a crash never leaves a
+    half-written file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if any(re.search(r"_(orig|mask)$", k) for k in state):
         raise ValueError("model still carries pruning masks; call make_permanent(model) before saving")
+    full = _widths(create_model(teacher.arch, num_classes=teacher.num_classes))
+    slimmer = {name: n for name, n in _widths(model).items() if name in full and n != full[name]}
     record = {
         "state_dict": state,
         "arch": teacher.arch,
+        "channels": slimmer or None,  # widths of the layers that lost channels (None: the architecture's own)
         "normalization": teacher.normalization.as_dict(),
         "classes": list(teacher.classes),
         **extra,

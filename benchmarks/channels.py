@@ -1,0 +1,204 @@
+"""Channel pruning: data-free recovery of students that lost whole channels, and what they gain in speed.
+
+Each row is one run of the library's pipeline with the default recipe, on a JPEG teacher of
+``shared/weights/cifar10-jpeg-teachers``, scored on the full JPEG test split. The dreams are made
+once per teacher and reused for every row of that teacher (they do not depend on the pruning).
+Latency is measured by the pipeline itself: CPU, batch 1 and 256, the median of 7 rounds in which
+the dense teacher and the student take turns.
+
+Rows (``--rows``, by name):
+
+    resnet56-50, resnet56-75, resnet20-50, mobilenetv2-50   channel pruning to that share of MACs removed
+    resnet56-75 also runs the same recipe on 1,024 real training images (the oracle, not data-free)
+    resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
+    resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
+    resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
+
+Usage (from the repository root; writes channels.json, channels.md and channels.png):
+
+    python benchmarks/channels.py --shared ../shared --out benchmarks/results
+    python benchmarks/channels.py --render benchmarks/results/channels.json   # table and plot again, no run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from recovery import machine, recipe_words  # benchmarks/recovery.py: run as `python benchmarks/<script>.py`
+
+import dfkd_core as dfkd
+
+TEACHERS = {  # name -> checkpoint inside shared/weights/cifar10-jpeg-teachers
+    "resnet20": "resnet20-12fca82f-jpeg.pt",
+    "resnet56": "resnet56-4bfd9763-jpeg.pt",
+    "mobilenetv2": "mobilenetv2_x0_5-jpeg.pt",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    teacher: str
+    sparsity: float
+    granularity: str = "channel"
+    scope: str = "global"
+    distill: dict = field(default_factory=dict)  # overrides of the default recipe's distillation
+    baselines: tuple[str, ...] = ()
+
+
+ROWS = {
+    "resnet56-50": Row("resnet56", 0.5),
+    "resnet56-75": Row("resnet56", 0.75, baselines=("real",)),
+    "resnet20-50": Row("resnet20", 0.5),
+    "mobilenetv2-50": Row("mobilenetv2", 0.5),
+    "resnet56-50-layerwise": Row("resnet56", 0.5, scope="layerwise"),
+    "resnet56-50-logits": Row("resnet56", 0.5, distill={"feature_weight": 0.0}),
+    "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),
+    "resnet56-weights-75": Row("resnet56", 0.75, granularity="weight"),
+    "resnet56-weights-90": Row("resnet56", 0.9, granularity="weight"),
+}
+
+
+def markdown(record: dict) -> str:
+    rows, meta = record["rows"], record["meta"]
+    lines = [
+        f"Channel pruning on CIFAR-10 (JPEG) test, {rows[0]['eval']['num_images']:,} images; "
+        f"{recipe_words(rows[0]['settings']['recipe'])}; {meta['machine']}; torch {meta['versions']['torch']}; "
+        f"`{meta['command']}`",
+        "",
+        "Removed: share of MACs (channel) or of Conv/Linear weights (weight). Params and MACs: of the recovered",
+        "student (teacher in brackets). Speed-up: the teacher's CPU latency over the student's, same process,",
+        "interleaved, median of 7. Times in seconds; the dreams are made once per teacher and reused.",
+        "",
+        "| row | removed | params | MACs | teacher acc | pruned | **recovered** | real (oracle) "
+        "| speed-up batch 1 | speed-up batch 256 | student ms (batch 256) | dream s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size, teacher, latency = r["size"]["recovered"], r["size"]["teacher"], r["latency_ms"]
+        real = r["baselines"]["real"]
+        lines.append(
+            f"| {r['name']} | {r['sparsity']['measured']:.1%} of {r['sparsity']['of']} "
+            f"| {size['nonzero_params'] / 1e3:,.0f}k ({teacher['params'] / 1e3:,.0f}k) "
+            f"| {size['macs'] / 1e6:.1f}M ({teacher['macs'] / 1e6:.1f}M) | {r['teacher_acc']:.2f} "
+            f"| {r['pruned_acc']:.2f} | **{r['recovered_acc']:.2f}** | {'-' if real is None else f'{real:.2f}'} "
+            f"| {latency['speedup']['1']:.2f}x | {latency['speedup']['256']:.2f}x | {latency['recovered']['256']:.0f} "
+            f"| {r['timings_s']['dream']:.0f} | {r['timings_s']['distill']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(record: dict, teacher: str = "resnet56") -> Figure:
+    """Recovered accuracy against parameters kept, weight and channel pruning of one teacher, one plot."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    rows = [r for r in record["rows"] if r["teacher_name"] == teacher and r["settings"]["scope"] == "global"]
+    rows = [r for r in rows if r["settings"]["recipe"]["distill"]["feature_weight"] > 0]
+    for granularity, style in (("weight", "o-"), ("channel", "s-")):
+        points = sorted(
+            (r["size"]["recovered"]["nonzero_params"] / 1e3, r["recovered_acc"], r["sparsity"]["measured"], r)
+            for r in rows
+            if r["sparsity"]["granularity"] == granularity
+        )
+        if not points:
+            continue
+        label = "weights (same shape and speed)" if granularity == "weight" else "channels (smaller and faster)"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
+        for params, accuracy, removed, r in points:
+            note = f"{removed:.0%}" + (
+                f", {r['latency_ms']['speedup']['256']:.2f}x" if granularity == "channel" else ""
+            )
+            ax.annotate(note, (params, accuracy), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    if rows:
+        ax.axhline(rows[0]["teacher_acc"], color="gray", ls="--", label=f"teacher ({rows[0]['teacher_acc']:.2f})")
+        ax.plot(rows[0]["size"]["teacher"]["params"] / 1e3, rows[0]["teacher_acc"], "k*", markersize=10)
+    ax.set_xlabel("parameters kept (thousands, nonzero)")
+    ax.set_ylabel("recovered top-1 % (JPEG test, 10,000)")
+    ax.set_title(
+        f"{teacher}: data-free recovery, weight vs channel pruning\n(labels: removed, CPU speed-up at batch 256)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def write(out: Path, record: dict) -> str:
+    (out / "channels.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = markdown(record)
+    (out / "channels.md").write_text(table)
+    figure(record).savefig(out / "channels.png", dpi=120)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
+    parser.add_argument("--render", type=Path, help="only rewrite the table and plot from this channels.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        print(write(args.render.parent, json.loads(args.render.read_text())))
+        return 0
+
+    data = args.shared / "data" / "cifar10-jpeg"
+    if not data.is_dir():
+        parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(["benchmarks/channels.py", *(argv if argv is not None else sys.argv[1:])])
+    dreams: dict[str, dfkd.DreamSet] = {}
+    rows: list[dict] = []
+    started = time.perf_counter()
+    for name in args.rows:
+        row = ROWS[name]
+        cached = args.dream_cache / f"{row.teacher}.pt" if args.dream_cache else None
+        if row.teacher not in dreams and cached is not None and cached.is_file():
+            dreams[row.teacher] = dfkd.DreamSet.load(cached)
+        recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill)
+        config = dfkd.RecoveryConfig(
+            teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
+            data=str(data),
+            sparsity=row.sparsity,
+            scope=row.scope,
+            granularity=row.granularity,
+            recipe=recipe,
+            baselines=row.baselines,
+            device=args.device,
+        )
+        result = dfkd.run_recovery(config, dreams=dreams.get(row.teacher))
+        if row.teacher not in dreams and cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            result.dreams.save(cached)
+        dreams[row.teacher] = result.dreams
+        report = result.report()
+        report.pop("layers")
+        report.update(name=name, teacher_name=row.teacher)
+        rows.append(report)
+        speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
+        print(
+            f"{name}: teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} recovered "
+            f"{result.recovered_acc:.2f} real {result.baselines['real']} ({result.pruning} removed; {speed}; "
+            f"{result.timings['total']:.0f} s)",
+            flush=True,
+        )
+        meta = {
+            "command": command,
+            "machine": machine(),
+            "versions": rows[0]["versions"],
+            "wall_s": round(time.perf_counter() - started),
+        }
+        table = write(args.out, {"meta": meta, "rows": rows})  # after every row: no lost work
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,6 +119,8 @@ def _search_ratio(removed_at: Callable[[float], float], target: float) -> float:
     """The channel ratio whose MACs removed come closest to ``target`` (bisection; more channels, more MACs)."""
     low, high = 0.0, MAX_LAYER_RATIO
     most = removed_at(high)
+    if most < TARGET_TOLERANCE:
+        raise LookupError("Torch-Pruning found no channel it can remove")
     if most < target - TARGET_TOLERANCE:
         raise ValueError(
             f"channel pruning can remove at most {most:.0%} of this model's MACs (each layer keeps at least "
@@ -165,7 +167,7 @@ def prune_channels(
             shape = tuple(model(example).shape)
     except ValueError:
         raise
-    except Exception as err:  # tracing or the pruned forward pass failed: the graph was not what it seemed
+    except Exception as err:  # tracing or the pruned forward pass failed, or nothing could be removed
         raise _untraceable(model, err) from None
     if shape != (1, classes):
         raise _untraceable(model, RuntimeError(f"the pruned model answers with shape {shape}, not (1, {classes})"))

@@ -111,10 +111,11 @@ def measure_size(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32
 def measure_latency(
     models: dict[str, nn.Module],
     input_size: tuple[int, int, int] = (3, 32, 32),
-    batch_sizes: tuple[int, ...] = LATENCY_BATCHES,
-    repeats: int = LATENCY_REPEATS,
+    batch_sizes: tuple[int, ...] | None = None,
+    repeats: int | None = None,
 ) -> dict[str, dict[int, float]]:
-    """Milliseconds per forward pass on the CPU, ``{name: {batch size: median}}``.
+    """Milliseconds per forward pass on the CPU, ``{name: {batch size: median}}`` (by default over
+    :data:`LATENCY_BATCHES` and ``LATENCY_REPEATS`` rounds).
 
     The models are timed in turns within each round, so a busy moment of the machine slows all of them
     alike and ratios between them stay fair. Copies run in eval mode, channels_last, with masks folded in.
@@ -125,6 +126,8 @@ def measure_latency(
         name: make_permanent(clone_model(m)).cpu().eval().to(memory_format=torch.channels_last)
         for name, m in models.items()
     }
+    batch_sizes = LATENCY_BATCHES if batch_sizes is None else batch_sizes
+    repeats = LATENCY_REPEATS if repeats is None else repeats
     timings: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in plain}
     for batch in batch_sizes:
         x = torch.randn(batch, *input_size).contiguous(memory_format=torch.channels_last)

@@ -102,6 +102,26 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
     assert not list(tmp_path.glob(".run.*")), "no scratch folder left behind"
 
 
+def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
+    teacher_checkpoint, image_root, tmp_path, capsys
+):
+    out = tmp_path / "slim"
+    flags = ["--teacher", str(teacher_checkpoint), "--data", str(image_root)]
+    assert main(["recover", *flags, "--out", str(out), "--granularity", "channel", *TINY_FLAGS]) == 0
+    summary = capsys.readouterr().out
+    assert "of MACs (whole channels) removed" in summary and "CPU speed-up" in summary
+    report = json.loads((out / "report.json").read_text())
+    assert report["sparsity"]["granularity"] == "channel" and report["sparsity"]["of"] == "MACs"
+    assert report["size"]["recovered"]["params"] < report["size"]["teacher"]["params"]
+    assert report["latency_ms"]["device"] == "cpu" and set(report["latency_ms"]["speedup"]) == {"1", "4"}
+    assert main(["evaluate", "--teacher", str(out / "student.pt"), "--data", str(image_root), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["accuracy"] == report["recovered_acc"], "the saved student is the recovered one, shapes and all"
+    with pytest.raises(SystemExit):  # argparse names the allowed values
+        main(["recover", *flags, "--out", str(out), "--granularity", "filters"])
+    assert "invalid choice: 'filters'" in capsys.readouterr().err
+
+
 def test_recipe_flags_are_generated_with_help(capsys):
     with pytest.raises(SystemExit):
         main(["recover", "--help"])

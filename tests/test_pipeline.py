@@ -212,6 +212,41 @@ def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, mo
     assert result.baselines["noise"] is not None
 
 
+def test_channel_pruning_never_reads_training_images_either(teacher_checkpoint, image_root, monkeypatch):
+    """The data-free guarantee on the channel path: a slimmer student, refit and distilled with every component."""
+    _forbid_training_reads(monkeypatch, image_root / "train")
+    config = tiny_config(teacher_checkpoint, image_root, baselines=("noise",), granularity="channel")
+    result = run_recovery(replace(config, recipe=EVERY_COMPONENT))
+    assert result.baselines["noise"] is not None and result.sizes["recovered"].macs < result.sizes["teacher"].macs
+
+
+def test_a_channel_run_reports_what_a_user_of_structured_pruning_looks_at(teacher_checkpoint, image_root):
+    result = run_recovery(tiny_config(teacher_checkpoint, image_root, granularity="channel"))
+    report = result.report()
+    assert report["sparsity"] == {
+        "target": 0.5,
+        "measured": pytest.approx(0.5, abs=0.03),
+        "scope": "global",
+        "granularity": "channel",
+        "of": "MACs",
+    }
+    assert result.pruning == f"{result.sparsity:.0%} of MACs (whole channels)"
+    size = report["size"]
+    assert set(size) == {"teacher", "recovered"} and set(size["teacher"]) == {
+        "params",
+        "nonzero_params",
+        "macs",
+        "bytes",
+    }
+    assert size["recovered"]["macs"] == pytest.approx((1 - result.sparsity) * size["teacher"]["macs"], rel=1e-6)
+    assert size["recovered"]["bytes"] < 0.7 * size["teacher"]["bytes"]
+    latency = report["latency_ms"]
+    assert set(latency) == {"device", "threads", "teacher", "recovered", "speedup"}
+    assert latency["speedup"]["4"] == pytest.approx(latency["teacher"]["4"] / latency["recovered"]["4"], rel=0.01)
+    assert result.refit_acc is not None, "the refit runs on a slim student too"
+    assert all(0 <= layer["removed"] < layer["weights"] for layer in report["layers"])
+
+
 def test_the_tripwire_does_fire_for_the_oracle(teacher_checkpoint, image_root, monkeypatch):
     """Proof that the guard above can fail: the real-data oracle reads train/ and is caught."""
     _forbid_training_reads(monkeypatch, image_root / "train")
@@ -242,6 +277,11 @@ def test_teacher_without_batchnorm(monkeypatch, image_root):
 def test_bad_sparsity(sparsity):
     with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
         RecoveryConfig(teacher="akamaster/resnet20", sparsity=sparsity)
+
+
+def test_bad_granularity():
+    with pytest.raises(ValueError, match="granularity must be one of 'weight', 'channel', got 'filter'"):
+        RecoveryConfig("akamaster/resnet20", granularity="filter")
 
 
 def test_bad_baseline_and_scope():

@@ -14,6 +14,9 @@ Rows (``--rows``, by name):
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
 
+``--weights-from results/recovery.json`` takes the weight-pruning points of the plot from the recovery
+benchmark's rows instead (the same default recipe and teacher), counting their nonzero parameters here.
+
 Usage (from the repository root; writes channels.json, channels.md and channels.png):
 
     python benchmarks/channels.py --shared ../shared --out benchmarks/results
@@ -23,6 +26,7 @@ Usage (from the repository root; writes channels.json, channels.md and channels.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +38,7 @@ from matplotlib.figure import Figure
 from recovery import machine, recipe_words  # benchmarks/recovery.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
+from dfkd_core.evaluate import measure_size
 
 TEACHERS = {  # name -> checkpoint inside shared/weights/cifar10-jpeg-teachers
     "resnet20": "resnet20-12fca82f-jpeg.pt",
@@ -100,21 +105,24 @@ def figure(record: dict, teacher: str = "resnet56") -> Figure:
     ax = fig.add_subplot()
     rows = [r for r in record["rows"] if r["teacher_name"] == teacher and r["settings"]["scope"] == "global"]
     rows = [r for r in rows if r["settings"]["recipe"]["distill"]["feature_weight"] > 0]
+    measured = [(r["sparsity"]["granularity"], r["size"]["recovered"]["nonzero_params"], r) for r in rows]
+    measured += [("weight", p["nonzero_params"], p) for p in record.get("weight_points", [])]
     for granularity, style in (("weight", "o-"), ("channel", "s-")):
-        points = sorted(
-            (r["size"]["recovered"]["nonzero_params"] / 1e3, r["recovered_acc"], r["sparsity"]["measured"], r)
-            for r in rows
-            if r["sparsity"]["granularity"] == granularity
-        )
+        points = sorted((params / 1e3, r) for g, params, r in measured if g == granularity)
         if not points:
             continue
         label = "weights (same shape and speed)" if granularity == "weight" else "channels (smaller and faster)"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
-        for params, accuracy, removed, r in points:
-            note = f"{removed:.0%}" + (
-                f", {r['latency_ms']['speedup']['256']:.2f}x" if granularity == "channel" else ""
+        ax.plot([p for p, _ in points], [r["recovered_acc"] for _, r in points], style, label=label)
+        for params, r in points:
+            removed = r["sparsity"]["measured"] if isinstance(r["sparsity"], dict) else r["sparsity"]
+            speed = f", {r['latency_ms']['speedup']['256']:.2f}x" if granularity == "channel" else ""
+            ax.annotate(
+                f"{removed:.0%}{speed}",
+                (params, r["recovered_acc"]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
             )
-            ax.annotate(note, (params, accuracy), textcoords="offset points", xytext=(4, -12), fontsize=8)
     if rows:
         ax.axhline(rows[0]["teacher_acc"], color="gray", ls="--", label=f"teacher ({rows[0]['teacher_acc']:.2f})")
         ax.plot(rows[0]["size"]["teacher"]["params"] / 1e3, rows[0]["teacher_acc"], "k*", markersize=10)
@@ -136,6 +144,26 @@ def write(out: Path, record: dict) -> str:
     return table
 
 
+def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> list[dict]:
+    """The recovery benchmark's weight-pruning rows of ``teacher`` made with the default recipe, with the nonzero
+    parameters they keep."""
+    model = dfkd.load_teacher(str(shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[teacher])).model
+    default = json.loads(json.dumps(dataclasses.asdict(dfkd.get_preset("default"))))
+    points = []
+    for row in json.loads(recovery.read_text())["rows"]:
+        if row["name"] == teacher and row["settings"]["recipe"] == default:
+            kept = measure_size(dfkd.prune_model(model, row["sparsity"]["target"])).nonzero_params
+            points.append(
+                {
+                    "sparsity": row["sparsity"]["measured"],
+                    "recovered_acc": row["recovered_acc"],
+                    "nonzero_params": kept,
+                    "source": recovery.name,
+                }
+            )
+    return points
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
@@ -143,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
+    parser.add_argument("--weights-from", type=Path, help="recovery.json whose resnet56 rows give the weight points")
     parser.add_argument("--render", type=Path, help="only rewrite the table and plot from this channels.json")
     args = parser.parse_args(argv)
     if args.render:
@@ -154,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(["benchmarks/channels.py", *(argv if argv is not None else sys.argv[1:])])
+    weight_points = _weight_points(args.weights_from, args.shared) if args.weights_from else []
     dreams: dict[str, dfkd.DreamSet] = {}
     rows: list[dict] = []
     started = time.perf_counter()
@@ -195,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": rows[0]["versions"],
             "wall_s": round(time.perf_counter() - started),
         }
-        table = write(args.out, {"meta": meta, "rows": rows})  # after every row: no lost work
+        table = write(args.out, {"meta": meta, "rows": rows, "weight_points": weight_points})  # no lost work
     print(table)
     return 0
 

@@ -175,7 +175,11 @@ class Deployment:
 
     def choices(self) -> dict[str, list[tuple[str, str]]]:
         """The (label, value) pairs of every control that offers choices."""
-        return {"teacher": list(self.teachers), "budget": [(b.label, name) for name, b in BUDGETS.items()]}
+        return {
+            "teacher": list(self.teachers),
+            "granularity": [("weights", "weight"), ("channels", "channel")],
+            "budget": [(b.label, name) for name, b in BUDGETS.items()],
+        }
 
 
 # --- the page ----------------------------------------------------------------------------------------------
@@ -357,7 +361,15 @@ class RunHandler:
             refits = plan.config().recipe.refit is not None
             device = self.deployment.device_text
             title = teacher_label(settings.teacher)
-            view = LiveView(title, settings.sparsity, settings.epochs, device, refit=refits, showcase=plan.showcase)
+            view = LiveView(
+                title,
+                settings.sparsity,
+                settings.epochs,
+                device,
+                refit=refits,
+                showcase=plan.showcase,
+                granularity=settings.granularity,
+            )
             budget = BUDGETS[settings.budget]
             if budget.needs_gpu and not self.deployment.on_gpu:
                 gr.Warning(f"The {budget.label} budget is sized for a GPU; on this CPU it takes a long time.")

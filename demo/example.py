@@ -90,6 +90,7 @@ def _decode(record: dict[str, Any], images: ImagesReady | None) -> Any:
         return images
     if kind == "outcome":
         fields["curve"] = tuple(tuple(point) for point in fields["curve"])
+        fields["latency_ms"] = {n: {int(b): ms for b, ms in per.items()} for n, per in fields["latency_ms"].items()}
         return Outcome(**fields)
     raise ValueError(f"unknown record kind {kind!r}")
 
@@ -192,6 +193,7 @@ def example_outputs(folder: Path = EXAMPLE_DIR) -> dict[str, Any]:
         recording["device"],
         refit=recipe["refit"] is not None,
         showcase=len(snapshot.labels) // len(snapshot.classes),
+        granularity=settings["granularity"],
     )
     shown: dict[str, Any] = {}
     for item in replay(recording, snapshot):

@@ -22,7 +22,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ class RunPlan:
             teacher=self.teacher or settings.teacher,
             data=self.data,
             sparsity=settings.sparsity,
+            granularity=settings.granularity,
             recipe=settings.recipe(),
             baselines=("noise",),
             curve_per_class=BUDGETS[settings.budget].curve_per_class,
@@ -230,6 +231,10 @@ class Outcome:
     student_bytes: int
     student_zipped: int
     files: tuple[str, ...]
+    granularity: str = "weight"  # what was pruned: "weight" or "channel"
+    teacher_macs: int = 0  # multiply-accumulates of one image's forward pass
+    student_macs: int = 0
+    latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # "teacher", "recovered": CPU, by batch
 
 
 def _sizes(path: Path) -> tuple[int, int]:
@@ -265,6 +270,10 @@ def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
         student_bytes=student_bytes,
         student_zipped=student_zipped,
         files=tuple(str(written[name]) for name in DOWNLOADS if name in written),
+        granularity=result.config.granularity,
+        teacher_macs=result.sizes["teacher"].macs,
+        student_macs=result.sizes["recovered"].macs,
+        latency_ms=result.latency_ms,
     )
 
 

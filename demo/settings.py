@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfkd_core import PRESETS, Recipe, RecoveryConfig, help_of, with_overrides
-from dfkd_core.prune import check_sparsity
+from dfkd_core.prune import GRANULARITIES, check_sparsity
 
 __all__ = [
     "BUDGETS",
@@ -137,12 +137,21 @@ CONTROLS: tuple[Control, ...] = (
         "sparsity",
         label="Sparsity",
         kind="slider",
-        info="Fraction of the weights to remove",
+        info="Fraction to remove: of the weights, or of the MACs (the work of one forward pass) for channels",
         default=_config_default("sparsity"),
         low=0.0,  # low, high and step: the slider's grid; the accepted range is the library's rule
         high=0.95,
         step=0.05,
         rule=check_sparsity,
+    ),
+    Control(
+        "granularity",
+        label="Prune",
+        kind="radio",
+        info="weight: single weights, as in the paper (same shape and speed) · channel: whole channels, with "
+        "Torch-Pruning (a smaller network that runs faster)",
+        default=_config_default("granularity"),
+        choices=GRANULARITIES,
     ),
     Control(
         "budget",
@@ -178,6 +187,7 @@ class Settings:
 
     teacher: str  # registry id or local checkpoint path
     sparsity: float
+    granularity: str  # "weight" or "channel"
     budget: str  # a key of BUDGETS
     num_images: int
     steps: int

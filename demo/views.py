@@ -39,7 +39,7 @@ __all__ = [
 # The stages of dfkd_core.recover() in order, as a newcomer would name them.
 STAGES: dict[Stage, str] = {
     Stage.LOAD: "Loading the teacher and the test images",
-    Stage.PRUNE: "Pruning: removing the smallest weights",
+    Stage.PRUNE: "Pruning: removing the smallest weights (or channels)",
     Stage.SHOWCASE: "Showcase: a few dreams forming step by step, out of noise",
     Stage.DREAM: "Dreaming images out of the teacher's BatchNorm statistics",
     Stage.REFIT: "Refit: each pruned layer refit to the teacher's outputs on the dreams",
@@ -56,13 +56,13 @@ OUTPUTS: dict[str, str] = {
     "accuracy": "the student's live accuracy per distillation epoch, with the teacher, the pruned network and noise",
     "log": "the live accuracy per epoch, as a table",
     "layers": "the share of weights removed per layer",
-    "summary": "accuracy, nonzero parameters and checkpoint size of every network",
+    "summary": "accuracy, nonzero parameters, MACs, checkpoint size and CPU latency of every network",
     "files": "the downloads",
     "run": "the Run button, disabled while a run goes on",
 }
 LOSS_NAMES = {"loss": "total", "ce": "class (cross-entropy)", "bn": "BatchNorm statistics"}
 LOSS_REFRESH_S = 5.0  # seconds between redraws of the loss plot while dreams form (drawn again at the end)
-SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "checkpoint size", "zipped"]
+SUMMARY_HEADERS = ["model", "top-1 accuracy", "nonzero parameters", "MACs", "checkpoint size", "zipped", "CPU latency"]
 
 
 def output_index(name: str) -> int:
@@ -145,8 +145,18 @@ class LiveView:
     Output names: those of :data:`OUTPUTS`, and ``warning`` (a message for a pop-up).
     """
 
-    def __init__(self, title: str, sparsity: float, epochs: int, device: str, refit: bool = True, showcase: int = 0):
+    def __init__(
+        self,
+        title: str,
+        sparsity: float,
+        epochs: int,
+        device: str,
+        refit: bool = True,
+        showcase: int = 0,
+        granularity: str = "weight",
+    ):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
+        self.removed = "the MACs (whole channels)" if granularity == "channel" else "the weights"
         self.stages = tuple(  # those this run has
             s for s in STAGES if (refit or s is not Stage.REFIT) and (showcase or s is not Stage.SHOWCASE)
         )
@@ -237,7 +247,7 @@ class LiveView:
             teacher, pruned = self.references.get(Network.TEACHER), self.references.get(Network.PRUNED)
             if teacher is not None and pruned is not None:
                 self.story.append(
-                    f"Pruning removed {self.sparsity:.0%} of the weights: accuracy fell from {teacher:.1f}% "
+                    f"Pruning removed {self.sparsity:.0%} of {self.removed}: accuracy fell from {teacher:.1f}% "
                     f"to {pruned:.1f}%."
                 )
             changed: dict[str, Any] = {"status": self.status(), "accuracy": self.accuracy_figure()}
@@ -266,6 +276,16 @@ class LiveView:
         self.story.append(
             line + (f", the same recipe on noise {outcome.noise_acc:.2f}%." if outcome.noise_acc is not None else ".")
         )
+        speedups = speedup_words(outcome)
+        if speedups:
+            self.story.append(
+                f"On this CPU the recovered student runs {speedups} compared with the teacher"
+                + (
+                    " (pruned weights are still multiplied: same shape, same speed)."
+                    if outcome.granularity == "weight"
+                    else "."
+                )
+            )
         return {
             "accuracy": self.accuracy_figure(),
             "log": self.log_rows(),
@@ -298,7 +318,7 @@ class LiveView:
         if teacher is None or pruned is None:
             return None
         where = f"live accuracy on {self.curve_images:,} test images" if self.curve_images else "live accuracy"
-        subtitle = f"{self.title} at {self.sparsity:.0%} sparsity, {where}"
+        subtitle = f"{self.title}, {self.sparsity:.0%} of {self.removed} removed, {where}"
         noise = self.noise_curve or self.noise  # a curve while (or once) it trains, else its level, if known
         baselines = None if noise is None else {str(Network.NOISE): noise}
         return curves_figure(self.curve, teacher, pruned, baselines, epochs=self.epochs, subtitle=subtitle)
@@ -340,27 +360,56 @@ class LiveView:
         return '<div class="dfkd-status">' + "".join(f"<div>{line}</div>" for line in lines if line) + "</div>"
 
 
+def speedup_words(outcome: Outcome) -> str:
+    """The student's measured CPU speed-up over the teacher, e.g. "1.34x as fast at batch 256, 0.95x at batch 1"."""
+    teacher, student = outcome.latency_ms.get("teacher", {}), outcome.latency_ms.get("recovered", {})
+    ratios = [(b, teacher[b] / student[b]) for b in sorted(teacher, reverse=True) if student.get(b)]
+    return ", ".join(
+        f"{x:.2f}x as fast at batch {b}" if i == 0 else f"{x:.2f}x at batch {b}" for i, (b, x) in enumerate(ratios)
+    )
+
+
+def latency_words(per_batch: dict[int, float]) -> str:
+    """Median CPU milliseconds per forward pass, by batch size: "1.9 ms (batch 1) · 177 ms (batch 256)"."""
+    return " · ".join(f"{ms:.3g} ms (batch {b})" for b, ms in sorted(per_batch.items())) or "-"
+
+
 def summary_rows(outcome: Outcome) -> list[list[str]]:
     """Teacher, pruned, refit (when the recipe refits), recovered and noise baseline: accuracy,
-    nonzero parameters, size on disk.
+    nonzero parameters, MACs, size on disk and CPU latency.
 
-    The pruned, recovered and noise students share one mask and one file layout, so they share
-    the parameter count and the checkpoint size; only the recovered one is saved (and zipped).
+    The pruned, recovered and noise students share one shape, mask and file layout, so they share
+    the parameter count, MACs, checkpoint size and latency; only the recovered one is saved (and zipped).
     """
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}%"
 
-    student = f"{outcome.student_nonzero:,}"
-    size = format_bytes(outcome.student_bytes)
-    teacher_size = format_bytes(outcome.teacher_bytes), format_bytes(outcome.teacher_zipped)
+    def macs(count: int) -> str:
+        return f"{count / 1e6:,.1f}M" if count else "-"
+
+    student = [
+        f"{outcome.student_nonzero:,}",
+        macs(outcome.student_macs),
+        format_bytes(outcome.student_bytes),
+    ]
+    student_latency = latency_words(outcome.latency_ms.get("recovered", {}))
+    teacher = [
+        f"{outcome.teacher_nonzero:,}",
+        macs(outcome.teacher_macs),
+        format_bytes(outcome.teacher_bytes),
+        format_bytes(outcome.teacher_zipped),
+        latency_words(outcome.latency_ms.get("teacher", {})),
+    ]
     rows = [
-        ["Teacher (dense)", pct(outcome.teacher_acc), f"{outcome.teacher_nonzero:,}", *teacher_size],
-        ["Pruned, no recovery", pct(outcome.pruned_acc), student, size, "-"],
+        ["Teacher (dense)", pct(outcome.teacher_acc), *teacher],
+        ["Pruned, no recovery", pct(outcome.pruned_acc), *student, "-", student_latency],
     ]
     if outcome.refit_acc is not None:
-        rows.append(["Refit on dreams, before distillation", pct(outcome.refit_acc), student, size, "-"])
+        rows.append(["Refit on dreams, before distillation", pct(outcome.refit_acc), *student, "-", student_latency])
     recovered_zipped = format_bytes(outcome.student_zipped)
-    rows.append(["Recovered: distillation on dreams", pct(outcome.recovered_acc), student, size, recovered_zipped])
-    rows.append(["Baseline: same recipe on noise", pct(outcome.noise_acc), student, size, "-"])
+    rows.append(
+        ["Recovered: distillation on dreams", pct(outcome.recovered_acc), *student, recovered_zipped, student_latency]
+    )
+    rows.append(["Baseline: same recipe on noise", pct(outcome.noise_acc), *student, "-", student_latency])
     return rows

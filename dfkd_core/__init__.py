@@ -3,11 +3,11 @@
 The method, top-down (one module per stage):
 
     zoo       load_teacher, list_teachers      a pretrained teacher (registry id or checkpoint)
-    prune     prune_model, make_permanent      global L1 magnitude pruning -> the student
+    prune     prune_model, make_permanent      L1 magnitude pruning of weights, or of whole channels -> the student
     dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
     refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams
     distill   distill, iter_distill            knowledge distillation from teacher to student on the dreams
-    evaluate  evaluate, load_eval_set          top-1 on the held-out split (measuring only)
+    evaluate  evaluate, load_eval_set          top-1 on the held-out split (measuring only); size and CPU latency
     pipeline  recover, run_recovery            all of the above, as a stream of typed events
     outputs   write_outputs                    the files of a finished run
 

@@ -553,7 +553,8 @@ def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[E
         run.sizes.setdefault(name, measure_size(model, run.input_size))
     run.latency_ms = measure_latency(timed, run.input_size)
     run.timings[Stage.EVALUATE] = time.perf_counter() - t0
-    summary = {**{str(k): v for k, v in final.items()}, "sizes": dict(run.sizes), "latency_ms": run.latency_ms}
+    sizes = {name: asdict(size) for name, size in run.sizes.items()}
+    summary = {**{str(k): v for k, v in final.items()}, "sizes": sizes, "latency_ms": run.latency_ms}
     yield StageFinished(Stage.EVALUATE, run.timings[Stage.EVALUATE], summary)
     return final
 

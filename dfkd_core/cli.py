@@ -185,7 +185,7 @@ def _cmd_teachers(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_eval_set
     from .device import resolve_device
-    from .evaluate import align_classes, evaluate
+    from .evaluate import align_classes, evaluate, measure_size
     from .zoo import load_teacher
 
     device = resolve_device(args.device)
@@ -194,10 +194,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if note:
         print(f"dfkd evaluate: note: {note}", file=sys.stderr)
     accuracy = evaluate(teacher.model.to(device), data, teacher.normalization, device=device)
+    size = measure_size(teacher.model, tuple(data.images.shape[1:]))
     record = {
         "teacher": args.teacher,
         "arch": teacher.arch,
         "accuracy": round(accuracy, 2),
+        "params": size.params,
+        "macs": size.macs,
         "num_images": len(data),
         "dataset": data.name,
         "device": str(device),
@@ -205,7 +208,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         json.dumps(record)
         if args.json
-        else f"{args.teacher} ({teacher.arch}) on {data.name}: {accuracy:.2f}% top-1 over {len(data):,} images"
+        else f"{args.teacher} ({teacher.arch}, {size.params:,} parameters, {size.macs / 1e6:.1f}M MACs) on {data.name}: "
+        f"{accuracy:.2f}% top-1 over {len(data):,} images"
     )
     return 0
 
@@ -221,7 +225,7 @@ def _summary(result: RecoveryResult) -> str:
     speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
     return (
         "  ".join(parts)
-        + f"  ({result.pruning} removed; CPU speed-up {speed}; {result.timings['total']:.0f} s on {result.device})"
+        + f"  ({result.pruning}; CPU speed-up {speed}; {result.timings['total']:.0f} s on {result.device})"
     )
 
 

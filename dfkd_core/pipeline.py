@@ -188,10 +188,10 @@ class RecoveryResult:
 
     @property
     def pruning(self) -> str:
-        """What was removed, in words: "75% of weights" or "50% of MACs (whole channels)"."""
+        """What was removed, in words: "75% of the weights removed" or "50% of the MACs removed (whole channels)"."""
         if self.config.granularity == "channel":
-            return f"{self.sparsity:.0%} of MACs (whole channels)"
-        return f"{self.sparsity:.0%} of weights"
+            return f"{self.sparsity:.0%} of the MACs removed (whole channels)"
+        return f"{self.sparsity:.0%} of the weights removed"
 
     def speedup(self) -> dict[int, float]:
         """The recovered student's measured speed-up over the teacher, by batch size (1.0 = as fast)."""

@@ -86,7 +86,7 @@ def result_figure(result: RecoveryResult, title: str = "Recovery by data-free di
         refs["teacher"],
         refs["pruned"],
         baselines,
-        subtitle=f"{result.teacher.arch}, {result.pruning} removed, accuracy on {images:,} test images",
+        subtitle=f"{result.teacher.arch}, {result.pruning}, accuracy on {images:,} test images",
         title=title,
     )
 

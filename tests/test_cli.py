@@ -57,6 +57,7 @@ def test_evaluate_json(teacher_checkpoint, image_root, capsys):
     teacher = load_checkpoint(teacher_checkpoint)
     expected = evaluate(teacher.model, load_eval_set(str(image_root)), teacher.normalization)
     assert record["num_images"] == 40 and record["accuracy"] == pytest.approx(expected)
+    assert record["params"] == sum(p.numel() for p in teacher.model.parameters()) and record["macs"] > 40e6
 
 
 def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):
@@ -109,7 +110,7 @@ def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     flags = ["--teacher", str(teacher_checkpoint), "--data", str(image_root)]
     assert main(["recover", *flags, "--out", str(out), "--granularity", "channel", *TINY_FLAGS]) == 0
     summary = capsys.readouterr().out
-    assert "of MACs (whole channels) removed" in summary and "CPU speed-up" in summary
+    assert "of the MACs removed (whole channels)" in summary and "CPU speed-up" in summary
     report = json.loads((out / "report.json").read_text())
     assert report["sparsity"]["granularity"] == "channel" and report["sparsity"]["of"] == "MACs"
     assert report["size"]["recovered"]["params"] < report["size"]["teacher"]["params"]
@@ -117,6 +118,10 @@ def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     assert main(["evaluate", "--teacher", str(out / "student.pt"), "--data", str(image_root), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["accuracy"] == report["recovered_acc"], "the saved student is the recovered one, shapes and all"
+    assert (scored["params"], scored["macs"]) == (
+        report["size"]["recovered"]["params"],
+        report["size"]["recovered"]["macs"],
+    )
     with pytest.raises(SystemExit):  # argparse names the allowed values
         main(["recover", *flags, "--out", str(out), "--granularity", "filters"])
     assert "invalid choice: 'filters'" in capsys.readouterr().err

@@ -230,7 +230,7 @@ def test_a_channel_run_reports_what_a_user_of_structured_pruning_looks_at(teache
         "granularity": "channel",
         "of": "MACs",
     }
-    assert result.pruning == f"{result.sparsity:.0%} of MACs (whole channels)"
+    assert result.pruning == f"{result.sparsity:.0%} of the MACs removed (whole channels)"
     size = report["size"]
     assert set(size) == {"teacher", "recovered"} and set(size["teacher"]) == {
         "params",

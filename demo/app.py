@@ -91,7 +91,8 @@ STARTUP_POLL_S = 1.0  # how often the page asks how the start-up goes, while it 
 INTRO = f"""
 # Give a pruned network its accuracy back, without a single training image
 
-1. **Prune**: remove most of the weights of a pretrained CIFAR-10 classifier and watch its accuracy fall off a cliff.
+1. **Prune**: remove most of the weights (or whole channels, for a network that runs faster) of a pretrained
+   CIFAR-10 classifier and watch its accuracy fall off a cliff.
 2. **Dream**: starting from random noise, DeepInversion paints images that the network recognizes,
    guided only by the statistics its BatchNorm layers remember from training.
 3. **Refit and distill**: the pruned network learns to answer like the original on those dreams, and its accuracy

@@ -186,18 +186,22 @@ def example_outputs(folder: Path = EXAMPLE_DIR) -> dict[str, Any]:
         return {}
     settings = recording["settings"]
     recipe = recording["recipe"]
-    view = LiveView(
-        settings["teacher"],
-        settings["sparsity"],
-        recipe["distill"]["epochs"],
-        recording["device"],
-        refit=recipe["refit"] is not None,
-        showcase=len(snapshot.labels) // len(snapshot.classes),
-        granularity=settings["granularity"],
-    )
     shown: dict[str, Any] = {}
-    for item in replay(recording, snapshot):
-        shown |= view.apply(item)
+    try:
+        view = LiveView(
+            settings["teacher"],
+            settings["sparsity"],
+            recipe["distill"]["epochs"],
+            recording["device"],
+            refit=recipe["refit"] is not None,
+            showcase=len(snapshot.labels) // len(snapshot.classes),
+            granularity=settings["granularity"],
+        )
+        for item in replay(recording, snapshot):
+            shown |= view.apply(item)
+    except (KeyError, TypeError) as err:  # a recording older than the page's code: open blank, never fail
+        log.warning("the stored example does not fit this version of the app (%r): run demo/example.py again", err)
+        return {}
     budget = BUDGETS[settings["budget"]].label
     shown["status"] = view.recorded(
         f"A stored example: {settings['teacher']} at {settings['sparsity']:.0%} sparsity, {budget} budget, "

@@ -28,7 +28,7 @@ from torch import nn
 
 from .architectures import OptionABlock, PadShortcut
 
-__all__ = ["KEPT", "count_macs", "kept_channels", "prune_channels", "reshape_like"]
+__all__ = ["KEPT", "count_macs", "is_depthwise", "kept_channels", "prune_channels", "reshape_like"]
 
 KEPT = "kept_channels"  # buffer name: the teacher's indices of the output channels a layer kept
 MAX_LAYER_RATIO = 0.9  # most of a layer's channels one pruning may take (a layer is never emptied)
@@ -48,6 +48,22 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
 
     macs, _ = tp.utils.count_ops_and_params(model, _example(model, input_size))
     return int(macs)
+
+
+class _OutOfReach(ValueError):
+    """A target channel pruning cannot reach on this model (the user's to change, passed on as is)."""
+
+
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` filters each input channel on its own (one group per channel, any channel multiplier)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels
+
+
+def _width(layer: nn.Module) -> int:
+    """Output channels (features) of a Conv2d, Linear or BatchNorm layer, with or without affine parameters."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return layer.num_features
+    return layer.weight.shape[0]
 
 
 def kept_channels(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -87,6 +103,13 @@ def _pruner(model: nn.Module, ratio: float, scope: str, example: torch.Tensor):
     )
 
 
+def _nothing_removable(model: nn.Module) -> ValueError:
+    return ValueError(
+        f"Torch-Pruning found no channel of {type(model).__name__} it can remove: every layer whose outputs could go "
+        "is the classifier or is tied to a hard-coded channel count. Prune weights instead (granularity 'weight')."
+    )
+
+
 def _untraceable(model: nn.Module, err: Exception) -> ValueError:
     return ValueError(
         f"channel pruning cannot follow how the channels of {type(model).__name__} connect ({type(err).__name__}: "
@@ -120,9 +143,9 @@ def _search_ratio(removed_at: Callable[[float], float], target: float) -> float:
     low, high = 0.0, MAX_LAYER_RATIO
     most = removed_at(high)
     if most < TARGET_TOLERANCE:
-        raise LookupError("Torch-Pruning found no channel it can remove")
+        raise _OutOfReach("nothing to remove")
     if most < target - TARGET_TOLERANCE:
-        raise ValueError(
+        raise _OutOfReach(
             f"channel pruning can remove at most {most:.0%} of this model's MACs (each layer keeps at least "
             f"{1 - MAX_LAYER_RATIO:.0%} of its channels); ask for a sparsity of at most {math.floor(100 * most) / 100}"
         )
@@ -149,6 +172,9 @@ def prune_channels(
     channels carries a ``kept_channels`` buffer (see :func:`kept_channels`). ``ValueError`` for a model whose
     channels Torch-Pruning cannot follow, or a target beyond what channel pruning can reach.
     """
+    from .prune import check_scope, check_sparsity
+
+    sparsity, scope = check_sparsity(sparsity), check_scope(scope)
     if any(hasattr(m, "weight_mask") for m in model.modules()):
         raise ValueError("the model carries weight-pruning masks; call make_permanent(model) before pruning channels")
     model = model if inplace else copy.deepcopy(model)
@@ -165,16 +191,17 @@ def prune_channels(
         removed = _prune_in_place(model, ratio, scope, example)
         with torch.no_grad():
             shape = tuple(model(example).shape)
-    except ValueError:
-        raise
-    except Exception as err:  # tracing or the pruned forward pass failed, or nothing could be removed
+    except _OutOfReach as err:
+        raise (_nothing_removable(model) if str(err) == "nothing to remove" else err) from None
+    except Exception as err:  # tracing or the pruned forward pass failed: the graph was not what it seemed
         raise _untraceable(model, err) from None
     if shape != (1, classes):
         raise _untraceable(model, RuntimeError(f"the pruned model answers with shape {shape}, not (1, {classes})"))
     for layer, lost in removed.items():
-        full = layer.weight.shape[0] + len(lost)
-        kept = [i for i in range(full) if i not in lost]
-        layer.register_buffer(KEPT, torch.tensor(kept, dtype=torch.long, device=example.device), persistent=False)
+        full = _width(layer) + len(lost)
+        kept = torch.tensor([i for i in range(full) if i not in lost], dtype=torch.long, device=example.device)
+        earlier = getattr(layer, KEPT, None)  # pruned before: keep numbering the teacher's channels
+        layer.register_buffer(KEPT, kept if earlier is None else earlier[kept], persistent=False)
     return model.train(training)
 
 
@@ -187,9 +214,9 @@ def reshape_like(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
             continue
         shape = state[key].shape
         if isinstance(layer, nn.Conv2d):
-            depthwise = layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+            multiplier = layer.out_channels // layer.groups if is_depthwise(layer) else None
             layer.out_channels = shape[0]
-            layer.groups = shape[0] if depthwise else layer.groups
+            layer.groups = shape[0] // multiplier if multiplier else layer.groups
             layer.in_channels = shape[1] * layer.groups
         elif isinstance(layer, nn.Linear):
             layer.out_features, layer.in_features = shape

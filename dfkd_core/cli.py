@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SCOPES,
         default="global",
         help="one magnitude threshold over all layers (global, the paper's), one per layer (layerwise), or one "
-        "over scale-free layer-adaptive scores (lamp)",
+        "over scale-free layer-adaptive scores (lamp); for channels, the same rankings of whole channels",
     )
     rec.add_argument("--out", required=True, type=Path, help=f"output directory ({', '.join(OUTPUT_FILES)})")
     rec.add_argument("--seed", type=int, default=0)

@@ -145,6 +145,12 @@ def _shared_bn_names(student: nn.Module, teacher: nn.Module) -> dict[str, torch.
         if not isinstance(m, _BN):
             continue
         kept = getattr(m, KEPT, None)
+        if kept is None and name in teacher_bns and m.num_features < teacher_bns[name]:
+            raise ValueError(
+                f"feature_weight > 0: BatchNorm layer {name} lost channels but does not say which teacher channels it "
+                "kept (a student loaded from a file does not); prune the teacher with "
+                "prune_model(..., granularity='channel') in the same session, or set feature_weight to 0"
+            )
         full = m.num_features if kept is None else int(kept.max()) + 1 if len(kept) else 0
         if (
             name not in teacher_bns

@@ -131,7 +131,7 @@ class RecoveryConfig:
     teacher: str  # registry id (see list_teachers()) or a checkpoint path (str or Path)
     data: str = "cifar10"  # evaluation data: "cifar10" or an ImageFolder directory (root with test/)
     sparsity: float = 0.75  # fraction removed: of Conv2d/Linear weights (granularity "weight"), of MACs ("channel")
-    scope: str = "global"  # "global" (one threshold over all layers, the paper's), "layerwise" or "lamp"
+    scope: str = "global"  # "global" (one ranking over all layers, the paper's), "layerwise" or "lamp"
     granularity: str = "weight"  # "weight" (single weights by L1 magnitude) or "channel" (whole channels: faster)
     recipe: Recipe = field(default_factory=Recipe)
     baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (oracle)

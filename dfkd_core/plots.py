@@ -60,7 +60,8 @@ def curves_figure(
 
 
 def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
-    """Bar chart of the fraction of zero weights in every prunable layer, in network order."""
+    """Bar chart of the fraction of weights removed (zeroed, or gone with their channels) in every prunable layer,
+    in network order."""
     fig = Figure(figsize=(max(6.4, 0.22 * len(layers) + 2), 3.6), layout="constrained")
     ax = fig.add_subplot()
     colors = ["tab:orange" if r.kind == "Linear" else "tab:blue" for r in layers]

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ._knobs import knob, require_finite, require_positive_int
-from .channels import KEPT
+from .channels import KEPT, is_depthwise
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .prune import prunable_layers
 from .zoo import Normalization
@@ -190,10 +190,12 @@ def _refit_layer(
     mask = _rows(layer, weight_mask, None if layer.bias is None else torch.ones_like(layer.bias))
     identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     energy = gram.diagonal(dim1=1, dim2=2).mean(1)  # per group; a depthwise channel that never fires has none
-    energy = torch.where(energy > 0, energy, energy.mean()).clamp_min(torch.finfo(gram.dtype).tiny)
-    damped = gram + config.damping * energy.view(-1, 1, 1) * identity
+    alive = energy > 0
+    scale = energy[alive].mean() if bool(alive.any()) else energy.new_ones(())
+    damped = gram + config.damping * torch.where(alive, energy, scale).view(-1, 1, 1) * identity
     start = _rows(layer, layer.weight, layer.bias)
     refit = masked_least_squares(damped, target, mask, start, config.iterations, config.tolerance)
+    refit = torch.where(alive.view(-1, 1, 1), refit, start)  # a group whose input is always zero: nothing to fit
     refit = refit.reshape(layer.weight.shape[0], -1).to(layer.weight.dtype)
     if not torch.isfinite(refit).all():
         raise FloatingPointError(
@@ -223,10 +225,8 @@ def _counterpart(layer: nn.Module, reference: nn.Module | None) -> bool:
         return False
     if reference.weight.shape == layer.weight.shape:
         return True
-    if isinstance(layer, nn.Conv2d):
-        depthwise = reference.groups == reference.out_channels > 1
-        if reference.groups != layer.groups and not (depthwise and layer.groups == layer.out_channels):
-            return False
+    if isinstance(layer, nn.Conv2d) and reference.groups != layer.groups and not is_depthwise(reference):
+        return False
     return all(mine <= theirs for mine, theirs in zip(layer.weight.shape, reference.weight.shape))
 
 
@@ -259,10 +259,21 @@ def iter_refit(
         if torch_prune.is_pruned(m) or _slimmer(m, references.get(name))
     ]
     missing = [name for name, m in layers if not _counterpart(m, references.get(name))]
+    unpaired = [
+        name
+        for name, m in layers
+        if name not in missing and m.weight.shape[0] < references[name].weight.shape[0] and not hasattr(m, KEPT)
+    ]
+    if unpaired:
+        raise ValueError(
+            f"refit: layer(s) {', '.join(unpaired[:4])} lost output channels but do not say which teacher channels "
+            "they kept (a student loaded from a file does not); prune the teacher with "
+            "prune_model(..., granularity='channel') in the same session, or turn the refit off"
+        )
     if missing:
         raise ValueError(
             f"refit needs the student to be a pruned copy of the teacher; layer(s) {', '.join(missing)} "
-            "have no counterpart of the same shape in the teacher"
+            "have no counterpart in the teacher (the same shape, or the same layer with channels removed)"
         )
     inputs = normalization.normalize(images[: config.num_images].to(device))
     inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -299,7 +310,8 @@ def refit(
 ) -> RefitResult:
     """Refit the surviving weights of every pruned layer of ``student`` in place (pixels in [0, 1]).
 
-    ``student`` must be a pruned copy of ``teacher`` (masks attached). ``evaluate_fn(student) ->
+    ``student`` must be a pruned copy of ``teacher``: with masks attached, or with channels removed by
+    :func:`dfkd_core.prune_model` in this session (its layers know which teacher channels they kept). ``evaluate_fn(student) ->
     accuracy`` is called once at the end; ``callback(event)`` sees every event.
     """
     events = iter_refit(student, teacher, images, normalization, config, evaluate_fn=evaluate_fn, device=device)

@@ -44,7 +44,8 @@ def test_channel_pruning_removes_the_macs_asked_for_and_the_network_still_answer
     removed = 1 - count_macs(slim) / count_macs(dense)
     assert removed == pytest.approx(0.5, abs=0.03)
     assert sum(p.numel() for p in slim.parameters()) < 0.8 * sum(p.numel() for p in dense.parameters())
-    assert count_macs(dense) == count_macs(with_statistics(arch)), "the input model is left untouched"
+    untouched = with_statistics(arch).state_dict()
+    assert all(torch.equal(v, untouched[k]) for k, v in dense.state_dict().items()), "the input model is left as it was"
     kept = kept_channels(slim)
     assert kept, "the layers that lost channels say which they kept"
     layers = dict(slim.named_modules())
@@ -184,7 +185,70 @@ def test_size_and_latency_are_measured_side_by_side():
     assert sizes["teacher"].params == sum(p.numel() for p in dense.parameters())
     masked = measure_size(prune_model(dense, 0.5))
     assert masked.macs == sizes["teacher"].macs and masked.nonzero_params < 0.6 * masked.params
+    slim.train()
+    before = {k: v.clone() for k, v in slim.state_dict().items()}
     latency = measure_latency({"teacher": dense, "student": slim}, batch_sizes=(1, 2), repeats=2)
     assert set(latency) == {"teacher", "student"} and all(set(v) == {1, 2} for v in latency.values())
     assert all(ms > 0 for v in latency.values() for ms in v.values())
-    assert not any(hasattr(m, KEPT) for m in dense.modules()), "timing works on copies"
+    assert slim.training and all(torch.equal(v, before[k]) for k, v in slim.state_dict().items()), "timed on copies"
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "lamp"])
+def test_every_scope_reaches_the_target(scope):
+    dense = with_statistics("resnet20")
+    slim = prune_channels(dense, 0.4, scope=scope)
+    assert 1 - count_macs(slim) / count_macs(dense) == pytest.approx(0.4, abs=0.03)
+    with pytest.raises(ValueError, match="pruning scope must be one of"):
+        prune_channels(dense, 0.4, scope="random")
+
+
+def test_kept_channels_pair_every_student_channel_with_its_teacher_channel():
+    """In an option-A ResNet the residual stream keeps its width, so a block's first BatchNorm sees the teacher's
+    very input: its outputs are exactly the teacher's outputs at the kept indices, also after pruning twice."""
+    teacher = with_statistics("akamaster_resnet20")
+    once = prune_channels(teacher, 0.3)
+    twice = prune_channels(once, 0.3)
+    x = torch.randn(4, 3, 32, 32)
+
+    def block_input_bn(model: nn.Module) -> torch.Tensor:
+        seen = []
+        handle = model.layer1[0].bn1.register_forward_hook(lambda m, i, o: seen.append(o))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        return seen[0]
+
+    reference = block_input_bn(teacher)
+    for student in (once, twice):
+        kept = student.layer1[0].bn1.kept_channels
+        assert torch.allclose(block_input_bn(student), reference[:, kept], atol=1e-6)
+    assert len(twice.layer1[0].bn1.kept_channels) < len(once.layer1[0].bn1.kept_channels)
+
+
+def test_a_slim_student_loaded_from_a_file_cannot_be_paired_silently(tmp_path):
+    dense = with_statistics("resnet20")
+    teacher = Teacher(dense, "resnet20", CIFAR10, CIFAR10_CLASSES, "memory")
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "student.pt", prune_channels(dense, 0.5), teacher)).model
+    assert not kept_channels(loaded), "a file records widths, not which teacher channels were kept"
+    images = torch.rand(8, 3, 32, 32)
+    with pytest.raises(ValueError, match="lost channels but does not say which teacher channels it kept"):
+        distill(loaded, dense, images, CIFAR10, DistillConfig(epochs=1, batch_size=8))
+    with pytest.raises(ValueError, match="do not say which teacher channels they kept"):
+        refit(loaded, dense, images, CIFAR10)
+    distill(loaded, dense, images, CIFAR10, DistillConfig(epochs=1, batch_size=8, feature_weight=0.0))  # logits only
+
+
+def test_the_refit_leaves_a_channel_that_never_fires_as_it_was():
+    """A depthwise channel whose input is always zero has nothing to fit: its weights stay, finite."""
+    teacher = with_statistics("mobilenetv2_x0_5")
+    student = prune_channels(teacher, 0.3)
+    modules = list(student.modules())
+    at = next(i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d) and m.groups > 1 and hasattr(m, KEPT))
+    layer = modules[at]
+    feeding = [m for m in modules[:at] if isinstance(m, nn.BatchNorm2d)][-1]  # then ReLU6, then this convolution
+    with torch.no_grad():  # silence the first channel feeding the depthwise convolution: after ReLU6 it is zero
+        feeding.weight[0], feeding.bias[0] = 0.0, -1.0
+    start = layer.weight[0].clone()
+    refit(student, teacher, torch.rand(16, 3, 32, 32), CIFAR10)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert torch.equal(layer.weight[0], start)

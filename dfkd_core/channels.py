@@ -33,7 +33,8 @@ __all__ = ["KEPT", "count_macs", "is_depthwise", "kept_channels", "prune_channel
 KEPT = "kept_channels"  # buffer name: the teacher's indices of the output channels a layer kept
 MAX_LAYER_RATIO = 0.9  # most of a layer's channels one pruning may take (a layer is never emptied)
 TARGET_TOLERANCE = 0.005  # stop searching the channel ratio once the MACs removed are this close to the target
-SEARCH_STEPS = 14  # bisection steps on the channel ratio (2^-14: far finer than one channel)
+SCAN_STEPS = 19  # ratios 0.05, 0.10, ..., 0.95 tried in turn until one removes enough MACs
+SEARCH_STEPS = 10  # then bisection steps between that ratio and the one before (finer than one channel)
 _TRACKED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
@@ -138,25 +139,37 @@ def _removed_macs(model: nn.Module, ratio: float, scope: str, example: torch.Ten
     return 1 - count_macs(trial, tuple(example.shape[1:])) / dense
 
 
-def _search_ratio(removed_at: Callable[[float], float], target: float) -> float:
-    """The channel ratio whose MACs removed come closest to ``target`` (bisection; more channels, more MACs)."""
-    low, high = 0.0, MAX_LAYER_RATIO
-    most = removed_at(high)
-    if most < TARGET_TOLERANCE:
-        raise _OutOfReach("nothing to remove")
-    if most < target - TARGET_TOLERANCE:
+def _search_ratio(removed_at: Callable[[float], float], target: float, scope: str) -> float:
+    """The channel ratio whose MACs removed come closest to ``target``.
+
+    Torch-Pruning's global ranking is not monotone near its per-layer cap (asking for more channels can remove
+    fewer MACs), so a coarse ascending scan finds the first ratio that reaches the target, then bisection refines
+    it between that ratio and the one before."""
+    measured: dict[float, float] = {}
+    low = 0.0
+    for step in range(1, SCAN_STEPS + 1):
+        ratio = step / (SCAN_STEPS + 1)
+        measured[ratio] = removed_at(ratio)
+        if measured[ratio] >= target - TARGET_TOLERANCE:
+            break
+        low = ratio
+    else:
+        most = max(measured.values())
+        if most < TARGET_TOLERANCE:
+            raise _OutOfReach("nothing to remove")
         raise _OutOfReach(
-            f"channel pruning can remove at most {most:.0%} of this model's MACs (each layer keeps at least "
-            f"{1 - MAX_LAYER_RATIO:.0%} of its channels); ask for a sparsity of at most {math.floor(100 * most) / 100}"
+            f"channel pruning with scope {scope!r} can remove at most {most:.0%} of this model's MACs (a layer keeps "
+            f"at least {1 - MAX_LAYER_RATIO:.0%} of its channels); ask for a sparsity of at most "
+            f"{math.floor(100 * most) / 100}" + (", or use scope 'layerwise'" if scope != "layerwise" else "")
         )
-    measured = {high: most}
+    high = ratio
     for _ in range(SEARCH_STEPS):
+        if abs(measured[high] - target) <= TARGET_TOLERANCE:
+            break
         middle = (low + high) / 2
         measured[middle] = removed_at(middle)
-        if abs(measured[middle] - target) <= TARGET_TOLERANCE:
-            return middle
         low, high = (middle, high) if measured[middle] < target else (low, middle)
-    return min(measured, key=lambda r: abs(measured[r] - target))
+    return min((r for r in measured if r <= high), key=lambda r: abs(measured[r] - target))
 
 
 def prune_channels(
@@ -187,7 +200,7 @@ def prune_channels(
         with torch.no_grad():
             classes = model(example).shape[-1]
         dense = count_macs(model, input_size)
-        ratio = _search_ratio(lambda r: _removed_macs(model, r, scope, example, dense), sparsity)
+        ratio = _search_ratio(lambda r: _removed_macs(model, r, scope, example, dense), sparsity, scope)
         removed = _prune_in_place(model, ratio, scope, example)
         with torch.no_grad():
             shape = tuple(model(example).shape)

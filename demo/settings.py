@@ -137,7 +137,8 @@ CONTROLS: tuple[Control, ...] = (
         "sparsity",
         label="Sparsity",
         kind="slider",
-        info="Fraction to remove: of the weights, or of the MACs (the work of one forward pass) for channels",
+        info="Fraction to remove: of the weights, or of the MACs (the work of one forward pass) for channels "
+        "(at most about 0.75 for the ResNets)",
         default=_config_default("sparsity"),
         low=0.0,  # low, high and step: the slider's grid; the accepted range is the library's rule
         high=0.95,

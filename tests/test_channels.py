@@ -118,10 +118,12 @@ class HardCodedWidth(nn.Module):
 def test_a_model_whose_channels_cannot_be_followed_gets_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="cannot follow how the channels of HardCodedWidth connect") as err:
         prune_channels(HardCodedWidth().eval(), 0.5)
-    assert "no channel it can remove" in str(err.value) and "granularity 'weight'" in str(err.value)
+    assert "hard-coded channel count" in str(err.value) and "granularity 'weight'" in str(err.value)
+    with pytest.raises(ValueError, match="found no channel of Sequential it can remove"):  # only a classifier
+        prune_channels(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval(), 0.5)
 
     # Without its option-A handling, a dependency graph merges the padded shortcuts' channels: the pruned
-    # network no longer runs, and that is reported the same way, never returned.
+    # network no longer runs, and that is reported as such, never returned.
     monkeypatch.setattr(channels, "_ignored_layers", lambda model: [channels._classifier(model)])
     with pytest.raises(ValueError, match="cannot follow how the channels of AkamasterResNet connect") as err:
         prune_channels(with_statistics("akamaster_resnet20"), 0.5)

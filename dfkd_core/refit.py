@@ -190,7 +190,7 @@ def _refit_layer(
     mask = _rows(layer, weight_mask, None if layer.bias is None else torch.ones_like(layer.bias))
     identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     energy = gram.diagonal(dim1=1, dim2=2).mean(1)  # per group; a depthwise channel that never fires has none
-    alive = energy > 0
+    alive = energy != 0  # NaN stays "alive", so bad inputs still end in a clear error
     scale = energy[alive].mean() if bool(alive.any()) else energy.new_ones(())
     damped = gram + config.damping * torch.where(alive, energy, scale).view(-1, 1, 1) * identity
     start = _rows(layer, layer.weight, layer.bias)

@@ -192,7 +192,7 @@ class LiveView:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
-            if item.stage is not self.watched:
+            if item.stage is not self.watched and item.stage is not Stage.DISTILL:  # a generator dreams on in distill
                 return {}
             caption = step_caption(item.step, item.total) if self.watched is Stage.SHOWCASE else ""
             tiles = dream_tiles(item.images, item.labels, item.classes, self.per_class, caption=caption)

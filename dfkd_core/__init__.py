@@ -5,6 +5,7 @@ The method, top-down (one module per stage):
     zoo       load_teacher, list_teachers      a pretrained teacher (registry id or checkpoint)
     prune     prune_model, make_permanent      L1 magnitude pruning of weights, or of whole channels -> the student
     dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
+    generator DreamStream, iter_warmup         a generator that dreams a fresh batch every few distillation steps
     refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams
     distill   distill, iter_distill            knowledge distillation from teacher to student on the dreams
     evaluate  evaluate, load_eval_set          top-1 on the held-out split (measuring only); size and CPU latency
@@ -39,6 +40,7 @@ from .events import (
     StageFinished,
     StageStarted,
 )
+from .generator import DreamStream, GeneratorConfig, iter_warmup
 from .outputs import write_outputs
 from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, run_recovery, with_overrides
 from .progress import ProgressBars
@@ -51,8 +53,10 @@ __all__ = [
     "DistillConfig",
     "DreamConfig",
     "DreamSet",
+    "DreamStream",
     "Event",
     "Finished",
+    "GeneratorConfig",
     "ImageSet",
     "ImagesReady",
     "Metric",
@@ -80,6 +84,7 @@ __all__ = [
     "iter_distill",
     "iter_dream",
     "iter_refit",
+    "iter_warmup",
     "list_architectures",
     "list_teachers",
     "load_checkpoint",

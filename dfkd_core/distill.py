@@ -6,8 +6,10 @@ BatchNorm output of the student has a counterpart in the teacher, and matching t
 layer gives far more signal per image than the ten logits alone. A student that lost whole
 channels is matched on the teacher channels it kept (its layers' ``kept_channels``).
 
-Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
-noise or a handful of real images for the baselines. This module never loads data itself.
+Training images are whatever the caller passes: a fixed tensor set (dreams for recovery, Gaussian
+noise or a handful of real images for the baselines), or a :class:`~dfkd_core.generator.ImageStream`
+(a generator) that dreams a fresh batch every few steps (online distillation: the student samples its batches
+from a memory bank the fresh batches join). This module never loads data itself.
 Pruning masks stay attached, so pruned weights remain exactly zero throughout.
 
 BatchNorm policy (``bn_mode``):
@@ -35,6 +37,7 @@ from torch import nn
 from ._knobs import knob, require_finite, require_positive_int
 from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
+from .generator import ImageStream
 from .zoo import Normalization
 
 __all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "iter_distill"]
@@ -181,7 +184,7 @@ class _Session:
 
     student: nn.Module
     teacher: nn.Module
-    images: torch.Tensor
+    images: torch.Tensor | ImageStream
     normalization: Normalization
     config: DistillConfig
     optimizer: torch.optim.Optimizer
@@ -194,7 +197,14 @@ class _Session:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.images) / self.config.batch_size)
+        return _steps_per_epoch(self.images, self.config)
+
+
+def _steps_per_epoch(images: torch.Tensor | ImageStream, config: DistillConfig) -> int:
+    """One pass over a fixed set; for a stream, ``batches_per_epoch`` fresh batches."""
+    if isinstance(images, ImageStream):
+        return images.config.batches_per_epoch * images.config.distill_steps
+    return math.ceil(len(images) / config.batch_size)
 
 
 def _step_loss(session: _Session, batch: torch.Tensor) -> torch.Tensor:
@@ -224,11 +234,18 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         for m in student.modules():
             if isinstance(m, _BN):
                 m.eval()
-    order = torch.randperm(len(session.images), generator=session.generator)
-    total = config.epochs * session.steps_per_epoch
+    images, total = session.images, config.epochs * session.steps_per_epoch
+    order = torch.randperm(len(images), generator=session.generator) if isinstance(images, torch.Tensor) else None
     epoch_loss, seen = 0.0, 0
     for i in range(session.steps_per_epoch):
-        batch = session.images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(session.device)
+        step = (epoch - 1) * session.steps_per_epoch + i + 1
+        if order is not None:
+            batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]]
+        else:
+            if i % images.config.distill_steps == 0:
+                yield from images.refill(session.stage, step, total)
+            batch = images.sample(config.batch_size, session.generator)
+        batch = batch.to(session.device)
         batch = augment(batch, config.crop_padding, config.flip, session.generator)
         if config.cutmix:
             batch = cutmix(batch, session.generator)
@@ -245,7 +262,6 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         session.schedule.step()
         epoch_loss += value * len(batch)
         seen += len(batch)
-        step = (epoch - 1) * session.steps_per_epoch + i + 1
         yield Progress(session.stage, step, total, {"loss": value, "epoch": epoch})
     return epoch_loss / seen
 
@@ -253,7 +269,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
 def iter_distill(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStream,
     normalization: Normalization,
     config: DistillConfig = DistillConfig(),
     *,
@@ -266,12 +282,15 @@ def iter_distill(
     """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
     student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
     logged as ``network`` (the recovered student, or the baseline being trained)."""
-    if images.dim() != 4 or len(images) == 0:
+    if isinstance(images, ImageStream):
+        if not len(images.bank):
+            raise ValueError("the dream stream's memory bank is empty; warm the generator up first (iter_warmup)")
+    elif images.dim() != 4 or len(images) == 0:
         raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     device = torch.device(device)
     teacher = teacher.to(device).eval()
     student = student.to(device)
-    total = config.epochs * math.ceil(len(images) / config.batch_size)
+    total = config.epochs * _steps_per_epoch(images, config)
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=config.lr,
@@ -297,7 +316,13 @@ def iter_distill(
         stage,
     )
     result = DistillResult()
-    yield StageStarted(stage, total, f"{config.epochs} epochs over {len(images)} images")
+    if isinstance(images, ImageStream):
+        what = (
+            f"{config.epochs} epochs of {images.config.batches_per_epoch} fresh batches of {images.config.batch_size}"
+        )
+    else:
+        what = f"{config.epochs} epochs over {len(images)} images"
+    yield StageStarted(stage, total, what)
     started = time.perf_counter()
     try:
         for epoch in range(1, config.epochs + 1):
@@ -318,7 +343,7 @@ def iter_distill(
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStream,
     normalization: Normalization,
     config: DistillConfig = DistillConfig(),
     *,
@@ -327,7 +352,8 @@ def distill(
     seed: int = 0,
     callback: Callable[[Event], None] | None = None,
 ) -> DistillResult:
-    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]).
+    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]), or on the fresh
+    batches of a :class:`~dfkd_core.generator.ImageStream` (online distillation).
 
     ``evaluate_fn(student) -> accuracy`` is called every ``config.eval_every`` epochs and
     its values form ``DistillResult.history``. ``callback(event)`` sees every event.

@@ -28,7 +28,7 @@ import torch
 from tables import rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
-from dfkd_core import DistillConfig, DreamConfig, Recipe, RefitConfig
+from dfkd_core import DistillConfig, DreamConfig, GeneratorConfig, Recipe, RefitConfig
 
 TEACHER = "weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt"  # inside shared/
 DATA = "data/cifar10-jpeg"  # inside shared/
@@ -48,6 +48,47 @@ def _kd(recipe: Recipe, **changes) -> Recipe:
 
 def _dreams(recipe: Recipe, **changes) -> Recipe:
     return dataclasses.replace(recipe, dream=dataclasses.replace(recipe.dream, **changes))
+
+
+def _online(recipe: Recipe, **changes) -> Recipe:
+    return dataclasses.replace(recipe, generator=dataclasses.replace(recipe.generator, **changes))
+
+
+def generator_ablation() -> list[tuple[str, Recipe, bool]]:
+    """The generator's ideas, on top of the `default` preset's distillation: the same 960 student steps of
+    32 images, fed by a generator's fresh batches instead of a fixed set of 1,024 dreams."""
+    online = dataclasses.replace(dfkd.PRESETS["default"], generator=GeneratorConfig(adi=0.0))
+    disagreement = _online(online, adi=1.0)  # = GeneratorConfig(): the library's generator defaults
+    recent = _online(online, bank_size=2048)
+    two_steps = _online(online, steps_per_batch=2)
+    longer = _kd(online, batch_size=64, epochs=40)
+    return [
+        (
+            "generator: 40-step warm-up, then a fresh batch of 256 every 16 student steps, every batch kept; "
+            "distillation as preset `default` (960 steps of 32)",
+            online,
+            True,
+        ),
+        (
+            "+ disagreement with the current student in the generator's loss (adi 1) = `--synthesis generator`",
+            disagreement,
+            True,
+        ),
+        (
+            "instead of the disagreement term (on the first row): a memory bank of the newest 2,048 images only",
+            recent,
+            False,
+        ),
+        ("instead (on the first row): 2 generator steps per fresh batch", two_steps, False),
+        ("instead (on the first row): batches of 64, 40 epochs (2.7x the student's images)", longer, False),
+    ]
+
+
+ABLATIONS = {"deepinversion": "recipe", "generator": "recipe-generator"}  # ablation -> results file stem
+ABLATION_SPARSITIES = {
+    "deepinversion": SPARSITIES,
+    "generator": (0.9,),
+}  # the generator's rows: where dreams fall short
 
 
 def ablation() -> list[tuple[str, Recipe, bool]]:
@@ -130,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("runs/recipe-cache"),
         help="dream sets and finished rows are kept here, so an interrupted run resumes",
     )
+    parser.add_argument("--ablation", choices=list(ABLATIONS), default="deepinversion", help="which rows to run")
     parser.add_argument("--render", type=Path, help="only rewrite the markdown table from this recipe.json")
     args = parser.parse_args(argv)
     if args.render:
@@ -138,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher, data = args.shared / TEACHER, args.shared / DATA
     if not teacher.is_file() or not data.is_dir():
         parser.error(f"{teacher} or {data} not found; pass --shared pointing at the shared/ assets folder")
-    recipes = [recipe for _, recipe, _ in ablation()]
-    if dfkd.PRESETS["default"] not in recipes or dfkd.PRESETS["best"] not in recipes:
+    rows_of = ablation if args.ablation == "deepinversion" else generator_ablation
+    recipes = [recipe for _, recipe, _ in rows_of()]
+    if args.ablation == "deepinversion" and (
+        dfkd.PRESETS["default"] not in recipes or dfkd.PRESETS["best"] not in recipes
+    ):
         print("note: the library's default or best preset is not a row of the ablation", file=sys.stderr)
 
     command = "python " + " ".join(["benchmarks/recipe.py", *(argv if argv is not None else sys.argv[1:])])
@@ -155,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     dreams_by_setting: dict[DreamConfig, dfkd.DreamSet] = {}
     rows = record["rows"]
     started = time.perf_counter()
-    for idea, recipe, kept in ablation():
+    for idea, recipe, kept in rows_of():
         key = _key(recipe)
         finished = args.cache / f"row-{key}.json"
         if finished.is_file():  # measured by an earlier, interrupted invocation
@@ -164,17 +209,20 @@ def main(argv: list[str] | None = None) -> int:
         dream_file = args.cache / f"dreams-{_key(recipe.dream)}.pt"
         if recipe.dream not in dreams_by_setting and dream_file.is_file():
             dreams_by_setting[recipe.dream] = dfkd.DreamSet.load(dream_file)
-        fresh = not any(r["recipe"]["dream"] == dataclasses.asdict(recipe.dream) for r in rows)
+        fresh = recipe.generator is not None or not any(
+            r["recipe"]["dream"] == dataclasses.asdict(recipe.dream) for r in rows
+        )
         row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": fresh, "recovered": {}}
         refit_distill_s = []
-        for sparsity in SPARSITIES:
+        for sparsity in ABLATION_SPARSITIES[args.ablation]:
             config = dfkd.RecoveryConfig(
                 teacher=str(teacher), data=str(data), sparsity=sparsity, recipe=recipe, baselines=(), device=args.device
             )
-            result = dfkd.run_recovery(config, dreams=dreams_by_setting.get(recipe.dream))
-            if recipe.dream not in dreams_by_setting:
+            online = recipe.generator is not None  # a generator dreams anew in every run: nothing to share
+            result = dfkd.run_recovery(config, dreams=None if online else dreams_by_setting.get(recipe.dream))
+            if not online and recipe.dream not in dreams_by_setting:
                 result.dreams.save(dream_file)
-            dreams_by_setting[recipe.dream] = result.dreams
+                dreams_by_setting[recipe.dream] = result.dreams
             row["recovered"][f"{sparsity}"] = round(result.recovered_acc, 2)
             row["teacher_acc"], row[f"pruned_{sparsity}"] = round(result.teacher_acc, 2), round(result.pruned_acc, 2)
             row["dreams_teacher_top1"] = round(result.dreams.teacher_top1, 1)
@@ -184,15 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         finished.write_text(json.dumps(row))
         print(f"{idea}: {row['recovered']} ({time.perf_counter() - started:.0f} s so far)", flush=True)
-        _write(args.out, record)
-    print(_write(args.out, record))
+        _write(args.out / ABLATIONS[args.ablation], record)
+    print(_write(args.out / ABLATIONS[args.ablation], record))
     return 0
 
 
-def _write(out: Path, record: dict) -> str:
+def _write(stem: Path, record: dict) -> str:
     table = markdown(record)
-    (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "recipe.md").write_text(table)
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(table)
     return table
 
 

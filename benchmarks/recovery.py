@@ -32,7 +32,10 @@ import dfkd_core as dfkd
 TEACHERS = {  # name -> checkpoint inside shared/weights/cifar10-jpeg-teachers
     "resnet20": "resnet20-12fca82f-jpeg.pt",
     "resnet56": "resnet56-4bfd9763-jpeg.pt",
+    "mobilenetv2": "mobilenetv2_x0_5-jpeg.pt",
+    "vgg11": "vgg11_bn-jpeg.pt",
 }
+DEFAULT_TEACHERS = ("resnet20", "resnet56")
 SPARSITIES = (0.5, 0.75, 0.9)
 
 
@@ -54,26 +57,44 @@ def machine() -> str:
 
 def recipe_words(recipe: dict) -> str:
     """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
-    dream, kd = recipe["dream"], recipe["distill"]
+    dream, kd, online = recipe["dream"], recipe["distill"], recipe.get("generator")
+    if online:
+        made = f"a generator ({online['warmup_steps']}-step warm-up, a fresh batch of {online['batch_size']} every "
+        made += f"{online['distill_steps']} student steps)"
+    else:
+        made = f"{dream['num_images']:,} dreams x {dream['steps']} steps"
     words = (
-        f"{dream['num_images']:,} dreams x {dream['steps']} steps, {'' if recipe['refit'] else 'no '}refit, "
+        f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}, "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
     )
+    recorded = {"generator": None, **recipe}  # records from before the generator existed dreamed with DeepInversion
     names = [
-        name for name, preset in dfkd.PRESETS.items() if json.loads(json.dumps(dataclasses.asdict(preset))) == recipe
+        name for name, preset in dfkd.PRESETS.items() if json.loads(json.dumps(dataclasses.asdict(preset))) == recorded
     ]
     return f"preset `{names[0]}` ({words})" if names else f"recipe: {words}"
 
 
 def markdown(rows: list[dict], title: str) -> str:
+    online = rows[0]["settings"]["recipe"].get("generator") is not None
+    timing = (
+        [
+            "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the generator",
+            "dreams anew in every row, and its time (warm-up and fresh batches) is *dream s*, the student's steps",
+            '*distill s* ("-": not run). Each baseline runs the same schedule on as many noise or real images.',
+        ]
+        if online
+        else [
+            "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the dreams are",
+            "made once per teacher (first row) and reused at every sparsity, so *total* counts the dream time",
+            'in the first row of each teacher only ("-": not run). Each baseline runs the same refit and',
+            "distillation on as many noise or real images.",
+        ]
+    )
     lines = [
         title,
         "",
-        "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the dreams are",
-        "made once per teacher (first row) and reused at every sparsity, so *total* counts the dream time",
-        'in the first row of each teacher only ("-": not run). Each baseline runs the same refit and',
-        "distillation on as many noise or real images.",
+        *timing,
         "",
         "| teacher | sparsity | teacher acc | pruned | noise | **recovered (dreams)** | real (oracle) "
         "| dream s | refit s | distill s | noise s | real s | total s |",
@@ -102,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
+    parser.add_argument("--teachers", nargs="+", default=list(DEFAULT_TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
+    parser.add_argument("--synthesis", choices=["generator", "deepinversion"], help="override the preset's synthesis")
     parser.add_argument(
         "--baselines",
         nargs="*",
@@ -121,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.shared / "data" / "cifar10-jpeg"
     if not data.is_dir():
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
-    recipe = dfkd.get_preset(args.preset)
+    recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), synthesis=args.synthesis)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.perf_counter()
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
             )
             result = dfkd.run_recovery(config, dreams=dreams)
-            dreams = result.dreams
+            dreams = result.dreams if recipe.generator is None else None  # a generator dreams anew every run
             report = result.report()
             report.pop("layers")
             report["name"] = name

@@ -266,6 +266,19 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     return epoch_loss / seen
 
 
+def _transfer_set(images: torch.Tensor | ImageStream, config: DistillConfig) -> str:
+    """What distillation will train on, in words; ``ValueError`` if there is nothing to train on."""
+    if isinstance(images, ImageStream):
+        if not len(images.bank):
+            raise ValueError("the dream stream's memory bank is empty; warm the generator up first (iter_warmup)")
+        return (
+            f"{config.epochs} epochs of {images.config.batches_per_epoch} fresh batches of {images.config.batch_size}"
+        )
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
+    return f"{config.epochs} epochs over {len(images)} images"
+
+
 def iter_distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -282,11 +295,7 @@ def iter_distill(
     """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
     student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
     logged as ``network`` (the recovered student, or the baseline being trained)."""
-    if isinstance(images, ImageStream):
-        if not len(images.bank):
-            raise ValueError("the dream stream's memory bank is empty; warm the generator up first (iter_warmup)")
-    elif images.dim() != 4 or len(images) == 0:
-        raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
+    what = _transfer_set(images, config)
     device = torch.device(device)
     teacher = teacher.to(device).eval()
     student = student.to(device)
@@ -316,12 +325,6 @@ def iter_distill(
         stage,
     )
     result = DistillResult()
-    if isinstance(images, ImageStream):
-        what = (
-            f"{config.epochs} epochs of {images.config.batches_per_epoch} fresh batches of {images.config.batch_size}"
-        )
-    else:
-        what = f"{config.epochs} epochs over {len(images)} images"
     yield StageStarted(stage, total, what)
     started = time.perf_counter()
     try:

@@ -17,6 +17,7 @@ file: the only inputs are the teacher's weights and random noise.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
@@ -53,7 +54,7 @@ class GeneratorConfig:
     first_bn_multiplier: float = knob(10.0, "extra weight on the first BatchNorm layer, which sees raw colours")
     jitter: int = knob(2, "random roll of the teacher's input each step, in pixels, at most this far")
     flip: bool = knob(True, "random horizontal flip of the teacher's input each step")
-    adi: float = knob(0.0, "weight of the teacher-student disagreement term (dreams where the student is wrong)")
+    adi: float = knob(1.0, "weight of the teacher-student disagreement term (dreams where the student is wrong)")
     adi_temperature: float = knob(3.0, "softmax temperature of the disagreement term")
     preview_every: int = knob(5, "warm-up steps between live snapshots of the samples")
 
@@ -197,8 +198,11 @@ class ReplayStream(ImageStream):
 class DreamStream(ImageStream):
     """A generator trained against the frozen teacher, which hands out a fresh batch on request.
 
-    ``student`` is only used for the disagreement term (``config.adi > 0``). The teacher's (and the
-    student's) parameters are frozen while the stream is open; :meth:`close` gives them back.
+    The generator is never reset: the one trained so far is each new batch's start, so after the
+    warm-up a batch costs ``config.steps_per_batch`` steps (Fast-DFKD meta-learns such a start; a
+    generator that keeps learning is the simplest one). ``student`` is only used for the disagreement
+    term (``config.adi > 0``). The teacher's parameters are frozen while the stream is open;
+    :meth:`close` gives them back.
     """
 
     def __init__(
@@ -216,8 +220,9 @@ class DreamStream(ImageStream):
         self.device = torch.device(device)
         self.student = student if config.adi > 0 else None
         self.random = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # the generator's initial weights
-        self.network = DreamGenerator(teacher.num_classes, config.latent_dim, config.width).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the seed decides the initial weights; the global generator is left be
+            torch.manual_seed(seed)
+            self.network = DreamGenerator(teacher.num_classes, config.latent_dim, config.width).to(self.device)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, betas=(0.5, 0.999))
         model = teacher.model.to(self.device).eval()
         self._frozen = [(p, p.requires_grad) for p in model.parameters()]
@@ -264,7 +269,7 @@ class DreamStream(ImageStream):
             pixels = self.network(noise, labels)
             loss, terms = self._loss(pixels, labels)
             value = float(loss.detach())
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 raise FloatingPointError(
                     f"generator loss became {value} at step {self.steps + 1}; lower the generator lr (now "
                     f"{self.config.lr}) or r_bn (now {self.config.r_bn})"

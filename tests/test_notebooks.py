@@ -122,6 +122,26 @@ def test_notebook_has_goals_and_exercises(name):
         assert "*Expect*" in item, f"{name}: an exercise does not say what to expect: {item[:80]!r}"
 
 
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_cell_rebinds_a_function_of_another(name):
+    """Every cell stays safe to re-run: a top-level ``def`` is never shadowed by a later assignment, so a
+    slider or an earlier cell run again after Run All still finds the function it calls."""
+    import ast
+
+    cells = [c for c in _read(name)["cells"] if c["cell_type"] == "code"]
+    trees = [ast.parse("\n".join(line for line in _source(c).splitlines() if not line.startswith("%"))) for c in cells]
+    functions = {node.name for tree in trees for node in tree.body if isinstance(node, ast.FunctionDef)}
+    rebound = {
+        target.id
+        for tree in trees
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.For | ast.With)
+        for target in ast.walk(node)
+        if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)
+    }
+    assert not functions & rebound, f"{name}: {sorted(functions & rebound)} defined as a function and assigned"
+
+
 def _tutorial(monkeypatch, **environment):
     for key, value in environment.items():
         monkeypatch.setenv(key, value)

@@ -419,11 +419,14 @@ class RunHandler:
                 if session.stop_requested:
                     yield self.show({**view.stopped(), "run": gr.Button(interactive=True)})
                     return
-                if time.monotonic() > deadline:
-                    raise _UserFacing(
+                if time.monotonic() > deadline:  # ends like Stop: what the run made so far stays on the page
+                    note = (
                         f"This run reached the app's limit of {minutes:g} minutes per run, so that every visitor "
-                        "gets a turn. Choose a smaller budget, or run dfkd recover on your own machine."
+                        "gets a turn; what it made so far stays on the page. Choose a smaller budget, or run "
+                        "dfkd recover on your own machine."
                     )
+                    yield self.show({**view.stopped(note), "run": gr.Button(interactive=True)})
+                    return
                 if isinstance(item, Failure):
                     raise _UserFacing(item.message)
                 changed = view.apply(item)

@@ -19,6 +19,7 @@ import gc
 import logging
 import math
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +68,7 @@ __all__ = [
     "find_local_teachers",
     "data_label",
     "friendly_error",
+    "without_server_paths",
     "local_teacher_names",
     "preparations",
     "stream_run",
@@ -304,8 +306,20 @@ def _latest_dreams(event: ImagesReady, per_class: int = DREAMS_PER_CLASS) -> Ima
     return dataclasses.replace(event, images=event.images[keep], labels=event.labels[keep])
 
 
+_SERVER_PATH = re.compile(r"(?<![^\s'\"(=])/(?:[^\s'\"/)]+/)+([^\s'\"/)]+)")  # /a/b/c.pt, not a URL's //host/x
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: the page never shows where files are on the server."""
+    return _SERVER_PATH.sub(r"\1", text)
+
+
 def friendly_error(err: BaseException) -> str:
-    """A plain-words message for the user; the traceback stays in the server log."""
+    """A plain-words message for the user, with no server path in it; the traceback stays in the server log."""
+    return without_server_paths(_plain_words(err))
+
+
+def _plain_words(err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, InputError):
         return text

@@ -294,9 +294,9 @@ class LiveView:
             "status": self.status(),
         }
 
-    def stopped(self) -> dict[str, Any]:
-        """The outputs that change when the user stops the run."""
-        self.state, self.note = "stopped", "Press Run to start again."
+    def stopped(self, note: str = "Press Run to start again.") -> dict[str, Any]:
+        """The outputs that change when the run is stopped (by the user, or by the app's time limit, said in ``note``)."""
+        self.state, self.note = "stopped", note
         return {"status": self.status()}
 
     def failed(self, message: str) -> dict[str, Any]:

@@ -290,6 +290,7 @@ class RecoveryResult:
                 "numpy": np.__version__,
                 "cuda": torch.version.cuda,
                 "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },

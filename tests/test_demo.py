@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 import weakref
@@ -199,6 +200,11 @@ def _error(client: Client, **args: Any) -> str:
         pytest.fail(f"a run with {args} did not fail: {job.outputs()[-1][output_index('status')]}")
     message = str(raised.value)
     assert "Traceback" not in message and 'File "' not in message, message
+    unsent = message
+    for value in args.values():  # a value the client sent may be named back to it
+        unsent = unsent.replace(str(value), "") if isinstance(value, str) and value else unsent
+    for server_folder in (tempfile.gettempdir(), os.getcwd()):  # where the tests' files and the repository are
+        assert server_folder not in unsent, f"a server path reached the page: {message}"
     return message
 
 
@@ -479,10 +485,13 @@ def test_zero_gpu_requests_fit_a_visitors_quota_and_grow_with_the_work():
     assert seconds("akamaster/resnet20", "default", num_images=8_192) == MAX_GPU_SECONDS
 
 
-def test_a_run_ends_at_the_apps_time_limit(teacher_checkpoint, image_root):
-    with served(tiny_options((teacher_checkpoint,), image_root, run_minutes=0.02)) as client:
-        message = _error(client, **run_args(teacher_checkpoint, steps=2_000))
-    assert "limit of 0.02 minutes per run" in message and "smaller budget" in message
+def test_a_run_ends_at_the_apps_time_limit_and_keeps_what_it_made(teacher_checkpoint, image_root):
+    with served(tiny_options((teacher_checkpoint,), image_root, run_minutes=0.05)) as client:
+        job = client.submit(**run_args(teacher_checkpoint, steps=2_000), api_name="/run")
+        job.result(timeout=60)  # ends without an error, like Stop
+        status, dreams = new_values(job, "status")[-1], new_values(job, "dreams")
+    assert "Stopped" in status and "limit of 0.05 minutes per run" in status and "smaller budget" in status
+    assert dreams and dreams[-1], "the dreams made before the limit left the page"
 
 
 def test_a_gpu_schedulers_refusal_reaches_the_visitor_unchanged_with_a_hint(

@@ -1,4 +1,5 @@
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def test_result_and_report(teacher_checkpoint, image_root):
     }
     assert report["provenance"]["teacher_sha256"] == file_sha256(teacher_checkpoint)
     assert report["provenance"]["threads"] == torch.get_num_threads()
-    assert {"numpy", "cuda", "cudnn"} <= set(report["versions"])
+    assert {"numpy", "cuda", "cudnn", "gpu"} <= set(report["versions"])
+    commit = report["provenance"]["git_commit"]  # None only outside a git checkout
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit), commit
     assert report["dreams"]["made"] == "in this run" and report["dreams"]["settings"]["num_images"] == 20
     assert report["dreams"]["settings"]["seed"] == 0
     assert report["dreams"]["count"] == 20 and report["dreams"]["steps"] == 2

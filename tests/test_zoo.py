@@ -173,3 +173,15 @@ def test_arch_flag_conflicting_with_registry():
 def test_normalization_must_be_finite_and_positive(spec):
     with pytest.raises(ValueError, match="3 finite means and 3 finite positive stds"):
         Normalization.parse(spec)
+
+
+def test_the_dependency_floor_loads_checkpoints_safely():
+    """``weights_only=True`` executes nothing only from torch 2.6 on (CVE-2025-32434 affects 2.5.1 and older):
+    every place that installs torch must ask for at least that version."""
+    root = Path(__file__).resolve().parents[1]
+    floors = {
+        "pyproject.toml": re.search(r'"torch>=(\d+)\.(\d+)', (root / "pyproject.toml").read_text()),
+        "requirements.txt": re.search(r"^torch[=>]=(\d+)\.(\d+)", (root / "requirements.txt").read_text(), re.M),
+    }
+    for where, found in floors.items():
+        assert found and (int(found[1]), int(found[2])) >= (2, 6), f"{where} admits a torch older than 2.6"

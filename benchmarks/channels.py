@@ -36,6 +36,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from recovery import machine, recipe_words  # benchmarks/recovery.py: run as `python benchmarks/<script>.py`
+from tables import cached_dreams, keep_dreams
 
 import dfkd_core as dfkd
 from dfkd_core.evaluate import measure_size
@@ -190,10 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in args.rows:
         row = ROWS[name]
-        cached = args.dream_cache / f"{row.teacher}.pt" if args.dream_cache else None
-        if row.teacher not in dreams and cached is not None and cached.is_file():
-            dreams[row.teacher] = dfkd.DreamSet.load(cached)
         recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill)
+        if row.teacher not in dreams and (cached := cached_dreams(args.dream_cache, row.teacher, recipe)):
+            dreams[row.teacher] = cached
         config = dfkd.RecoveryConfig(
             teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
             data=str(data),
@@ -205,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
         )
         result = dfkd.run_recovery(config, dreams=dreams.get(row.teacher))
-        if row.teacher not in dreams and cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            result.dreams.save(cached)
+        keep_dreams(args.dream_cache, row.teacher, result.dreams)
         dreams[row.teacher] = result.dreams
         report = result.report()
         report.pop("layers")

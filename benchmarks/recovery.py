@@ -10,6 +10,7 @@ library's pipeline unchanged, with the baselines asked for:
 Usage (from the repository root; writes JSON and a markdown table):
 
     python benchmarks/recovery.py --shared ../shared --out benchmarks/results
+    python benchmarks/recovery.py --teachers mobilenetv2 --scopes global lamp --dream-cache /tmp/dfkd-dreams ...
     python benchmarks/recovery.py --render benchmarks/results/recovery.json   # the table again, no run
 """
 
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from tables import rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
+from tables import cached_dreams, keep_dreams, rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
+from dfkd_core.prune import SCOPES
 
 TEACHERS = {  # name -> checkpoint inside shared/weights/cifar10-jpeg-teachers
     "resnet20": "resnet20-12fca82f-jpeg.pt",
@@ -91,21 +93,24 @@ def markdown(rows: list[dict], title: str) -> str:
             "distillation on as many noise or real images.",
         ]
     )
+    if any("dream_cached" in r["timings_s"] for r in rows):
+        timing.append("*(n)*: dreams loaded from `--dream-cache`; making them took n seconds, as recorded in the file.")
     lines = [
         title,
         "",
         *timing,
         "",
-        "| teacher | sparsity | teacher acc | pruned | noise | **recovered (dreams)** | real (oracle) "
+        "| teacher | sparsity | scope | teacher acc | pruned | noise | **recovered (dreams)** | real (oracle) "
         "| dream s | refit s | distill s | noise s | real s | total s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         noise, real, t = r["baselines"]["noise"], r["baselines"]["real"], r["timings_s"]
         lines.append(
-            f"| {r['name']} | {r['sparsity']['target']:.0%} | {r['teacher_acc']:.2f} | {r['pruned_acc']:.2f} "
+            f"| {r['name']} | {r['sparsity']['target']:.0%} | {r['sparsity']['scope']} "
+            f"| {r['teacher_acc']:.2f} | {r['pruned_acc']:.2f} "
             f"| {_accuracy(noise)} | **{r['recovered_acc']:.2f}** | {_accuracy(real)} "
-            f"| {_seconds(t, 'dream')} | {_seconds(t, 'refit')} | {_seconds(t, 'distill')} | {_seconds(t, 'noise')} "
+            f"| {_dream_seconds(t)} | {_seconds(t, 'refit')} | {_seconds(t, 'distill')} | {_seconds(t, 'noise')} "
             f"| {_seconds(t, 'real')} | {_seconds(t, 'total')} |"
         )
     return "\n".join(lines) + "\n"
@@ -113,6 +118,11 @@ def markdown(rows: list[dict], title: str) -> str:
 
 def _accuracy(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"  # "-": the baseline was not run
+
+
+def _dream_seconds(timings: dict) -> str:
+    cached = timings.get("dream_cached")
+    return _seconds(timings, "dream") if cached is None else f"({cached:.0f})"  # (n): made earlier, n seconds
 
 
 def _seconds(timings: dict, stage: str) -> str:
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--teachers", nargs="+", default=list(DEFAULT_TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    parser.add_argument("--scopes", nargs="+", default=["global"], choices=list(SCOPES), help="pruning scopes")
+    parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
     parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
     parser.add_argument("--synthesis", choices=["generator", "deepinversion"], help="override the preset's synthesis")
     parser.add_argument(
@@ -149,24 +161,29 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in args.teachers:
         checkpoint = args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[name]
-        dreams = None
-        for sparsity in args.sparsities:
+        dreams = cached_dreams(args.dream_cache, name, recipe) if recipe.generator is None else None
+        for sparsity, scope in ((sparsity, scope) for sparsity in args.sparsities for scope in args.scopes):
             config = dfkd.RecoveryConfig(
                 teacher=str(checkpoint),
                 data=str(data),
                 sparsity=sparsity,
+                scope=scope,
                 recipe=recipe,
                 baselines=tuple(args.baselines),
                 device=args.device,
             )
             result = dfkd.run_recovery(config, dreams=dreams)
-            dreams = result.dreams if recipe.generator is None else None  # a generator dreams anew every run
+            if recipe.generator is None:  # a generator dreams anew every run
+                dreams = result.dreams
+                keep_dreams(args.dream_cache, name, dreams)
             report = result.report()
             report.pop("layers")
             report["name"] = name
+            if result.dreams.origin and not any(row["name"] == name for row in rows):  # dreams from --dream-cache
+                report["timings_s"]["dream_cached"] = round(result.dreams.seconds, 1)  # what making them took
             rows.append(report)
             print(
-                f"{name} @ {sparsity:.0%}: teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} "
+                f"{name} @ {sparsity:.0%} ({scope}): teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} "
                 f"noise {result.baselines['noise']} recovered {result.recovered_acc:.2f} "
                 f"real {result.baselines['real']} ({result.timings['total']:.0f} s)",
                 flush=True,

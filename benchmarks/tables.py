@@ -1,11 +1,15 @@
-"""What the benchmark scripts share: rewriting a result's markdown table from its JSON, without a run."""
+"""What the benchmark scripts share: rewriting a result's markdown table from its JSON, without a run,
+and a cache of each teacher's dreams across runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import dfkd_core as dfkd
 
 
 def rerender(results: Path, markdown: Callable[[dict[str, Any]], str]) -> int:
@@ -14,3 +18,27 @@ def rerender(results: Path, markdown: Callable[[dict[str, Any]], str]) -> int:
     results.with_suffix(".md").write_text(table)
     print(table)
     return 0
+
+
+def cached_dreams(cache: Path | None, teacher: str, recipe: dfkd.Recipe) -> dfkd.DreamSet | None:
+    """The dreams kept in ``cache`` for ``teacher``, or None when there are none; ``SystemExit`` naming the
+    file when they were made with other dream settings than ``recipe``'s (delete it to dream again)."""
+    path = cache / f"{teacher}.pt" if cache else None
+    if path is None or not path.is_file():
+        return None
+    dreams = dfkd.DreamSet.load(path)
+    wanted = dataclasses.asdict(recipe.dream)
+    made = {key: (dreams.settings or {}).get(key) for key in wanted}
+    if made != wanted:
+        changed = sorted(key for key in wanted if made[key] != wanted[key])
+        raise SystemExit(
+            f"{path} holds dreams made with other settings ({', '.join(changed)}); delete it to dream again"
+        )
+    return dreams
+
+
+def keep_dreams(cache: Path | None, teacher: str, dreams: dfkd.DreamSet) -> None:
+    """Save ``dreams`` as ``teacher``'s in ``cache`` unless it already holds them (a no-op without a cache)."""
+    path = cache / f"{teacher}.pt" if cache else None
+    if path is not None and not path.is_file():
+        dreams.save(path)

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -137,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--scopes", nargs="+", default=["global"], choices=list(SCOPES), help="pruning scopes")
     parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
+    parser.add_argument("--append", action="store_true", help="add the rows to those of --out/recovery.json")
     parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
     parser.add_argument("--synthesis", choices=["generator", "deepinversion"], help="override the preset's synthesis")
     parser.add_argument(
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
     recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), synthesis=args.synthesis)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    started = time.perf_counter()
+    earlier = json.loads((args.out / "recovery.json").read_text()) if args.append else {"meta": {}, "rows": []}
+    rows = earlier["rows"]
     for name in args.teachers:
         checkpoint = args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[name]
         dreams = cached_dreams(args.dream_cache, name, recipe) if recipe.generator is None else None
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"real {result.baselines['real']} ({result.timings['total']:.0f} s)",
                 flush=True,
             )
-            table = write_results(args, argv, rows, time.perf_counter() - started)  # after every row: no lost work
+            table = write_results(args, argv, rows, earlier["meta"])  # after every row: no lost work
     print(table)
     return 0
 
@@ -197,20 +197,21 @@ def _title(meta: dict, rows: list[dict]) -> str:
     return (
         f"Recovery on CIFAR-10 (JPEG) test, {rows[0]['eval']['num_images']:,} images; "
         f"{recipe_words(rows[0]['settings']['recipe'])}; {meta['machine']}; torch {meta['versions']['torch']}; "
-        f"`{meta['command']}`"
+        + "; then ".join(f"`{command}`" for command in meta.get("commands") or [meta["command"]])
     )
 
 
-def write_results(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], wall_s: float) -> str:
-    """Write recovery.json and recovery.md for the rows so far; returns the markdown table."""
+def write_results(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], earlier: dict) -> str:
+    """Write recovery.json and recovery.md for the rows so far (after those of ``earlier`` runs, whose
+    commands are kept in order); returns the markdown table."""
     command = "python " + " ".join(["benchmarks/recovery.py", *(argv if argv is not None else sys.argv[1:])])
+    before = earlier.get("commands") or ([earlier["command"]] if "command" in earlier else [])
     meta = {
-        "command": command,
+        "commands": [*before, command],
         "machine": machine(),
         "device": rows[0]["device"],
         "versions": rows[0]["versions"],
         "preset": args.preset,
-        "wall_s": round(wall_s),
     }
     (args.out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, _title(meta, rows))

@@ -284,22 +284,30 @@ def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_
     assert "No space left on device" in captured.err and "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(
+    ("failure", "code", "said"),
+    [
+        (FloatingPointError("distillation loss became nan at epoch 1"), 2, "became nan"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+    ids=["nan", "ctrl-c"],
+)
 def test_a_late_failure_keeps_the_dreams_and_says_how_to_resume(
-    teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch
+    teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch, failure, code, said
 ):
     import dfkd_core.pipeline as pipeline
 
-    def diverged(*args, **kwargs):
-        raise FloatingPointError("distillation loss became nan at epoch 1")
+    def fails(*args, **kwargs):
+        raise failure
         yield
 
     out = tmp_path / "run"
     args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out)]
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "iter_distill", diverged)
-        assert main([*args, "--baselines", "none", *TINY_FLAGS]) == 2
+        patch.setattr(pipeline, "iter_distill", fails)
+        assert main([*args, "--baselines", "none", *TINY_FLAGS]) == code
     err = capsys.readouterr().err
-    assert f"add --dreams {out / 'dreams.pt'} to skip dreaming" in err and "became nan" in err
+    assert f"add --dreams {out / 'dreams.pt'} to skip dreaming" in err and said in err
     assert [p.name for p in out.iterdir()] == ["dreams.pt"], "the dreams were saved as soon as they were made"
 
     assert main([*args, "--baselines", "none", "--dreams", str(out / "dreams.pt"), *TINY_FLAGS]) == 0

@@ -73,10 +73,14 @@ ROWS = {
 
 def markdown(record: dict) -> str:
     rows, meta = record["rows"], record["meta"]
+    recipes: dict[str, list[str]] = {}  # rows measured at different times may differ in a knob: name each recipe's rows
+    for r in rows:
+        recipes.setdefault(recipe_words(r["settings"]["recipe"]), []).append(r["name"])
+    words = "; ".join(w if len(recipes) == 1 else f"{w} (rows {', '.join(names)})" for w, names in recipes.items())
     lines = [
         f"Channel pruning on CIFAR-10 (JPEG) test, {rows[0]['eval']['num_images']:,} images; "
-        f"{recipe_words(rows[0]['settings']['recipe'])}; {meta['machine']}; torch {meta['versions']['torch']}; "
-        f"`{meta['command']}`",
+        f"{words}; {meta['machine']}; torch {meta['versions']['torch']}; "
+        + "; ".join(f"`{c}`" for c in meta.get("commands") or [meta["command"]]),
         "",
         "Removed: share of MACs (channel) or of Conv/Linear weights (weight). Params and MACs: of the recovered",
         "student (teacher in brackets). Speed-up: the teacher's CPU latency over the student's, same process,",
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
     parser.add_argument("--weights-from", type=Path, help="recovery.json whose resnet56 rows give the weight points")
+    parser.add_argument("--append", action="store_true", help="keep the other rows of --out/channels.json")
     parser.add_argument("--render", type=Path, help="only rewrite the table and plot from this channels.json")
     args = parser.parse_args(argv)
     if args.render:
@@ -185,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(["benchmarks/channels.py", *(argv if argv is not None else sys.argv[1:])])
+    earlier = json.loads((args.out / "channels.json").read_text()) if args.append else {"meta": {}, "rows": []}
     weight_points = _weight_points(args.weights_from, args.shared) if args.weights_from else []
+    weight_points = weight_points or earlier.get("weight_points", [])
     dreams: dict[str, dfkd.DreamSet] = {}
     rows: list[dict] = []
     started = time.perf_counter()
@@ -211,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         report.pop("layers")
         report.update(name=name, teacher_name=row.teacher)
         rows.append(report)
+        fresh = {r["name"]: r for r in rows}
+        merged = [fresh.pop(r["name"], r) for r in earlier["rows"]] + list(fresh.values())  # a rerun replaces its row
         speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
         print(
             f"{name}: teacher {result.teacher_acc:.2f} pruned {result.pruned_acc:.2f} recovered "
@@ -218,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.timings['total']:.0f} s)",
             flush=True,
         )
+        before = earlier["meta"].get("commands") or ([earlier["meta"]["command"]] if earlier["meta"] else [])
         meta = {
-            "command": command,
+            "commands": [*before, command],
             "machine": machine(),
             "versions": rows[0]["versions"],
             "wall_s": round(time.perf_counter() - started),
         }
-        table = write(args.out, {"meta": meta, "rows": rows, "weight_points": weight_points})  # no lost work
+        table = write(args.out, {"meta": meta, "rows": merged, "weight_points": weight_points})  # no lost work
     print(table)
     return 0
 

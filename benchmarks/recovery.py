@@ -58,6 +58,7 @@ def machine() -> str:
 
 def recipe_words(recipe: dict) -> str:
     """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
+    recipe = {**recipe, "distill": {"dropout": True, **recipe["distill"]}}  # older records: the student's dropout on
     dream, kd, online = recipe["dream"], recipe["distill"], recipe.get("generator")
     if online:
         made = f"a generator ({online['warmup_steps']}-step warm-up, a fresh batch of {online['batch_size']} every "
@@ -68,6 +69,7 @@ def recipe_words(recipe: dict) -> str:
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}, "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
+        + (", student dropout on" if kd["dropout"] else "")
     )
     recorded = {"generator": None, **recipe}  # records from before the generator existed dreamed with DeepInversion
     names = [

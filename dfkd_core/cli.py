@@ -73,6 +73,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
             value = getattr(config, f.name)
             flag, dest = f"--{section}-{f.name.replace('_', '-')}", f"{section}.{f.name}"
             help_text = f"{help_of(type(config), f.name)} (default: {value})"
+            help_text = help_text.replace("%", "%%")  # argparse %-formats help: a knob's "50%" must stay text
             if isinstance(value, bool):
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:

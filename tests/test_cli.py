@@ -149,6 +149,7 @@ def test_recipe_flags_are_generated_with_help(capsys):
         "--dream-first-bn-multiplier",
         "--distill-temperature",
         "--distill-feature-weight",
+        "--no-distill-dropout",
         "--no-dream-flip",
         "--no-refit",
         "--refit-damping",

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfkd_core import DistillConfig, MetricLogged, create_model, distill, prune_model
+from dfkd_core import DistillConfig, MetricLogged, Normalization, create_model, distill, prune_model
 from dfkd_core.distill import augment, cutmix
 from dfkd_core.prune import prunable_layers
 
@@ -107,6 +107,21 @@ def test_bn_policies(teacher):
     distill(recalibrated, teacher.model, images, teacher.normalization, replace(FAST, bn_mode="train"))
     assert torch.equal(frozen.bn1.running_mean, teacher.model.bn1.running_mean)
     assert not torch.equal(recalibrated.bn1.running_mean, teacher.model.bn1.running_mean)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_dropout_is_off_unless_asked_for(dropout):
+    """VGG's and MobileNetV2's dropout stays off during distillation by default; BatchNorm still recalibrates."""
+    model = create_model("vgg11_bn").eval()
+    teacher, student = model, prune_model(model, 0.5)
+    seen = []
+    for m in student.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.register_forward_pre_hook(lambda module, _: seen.append(module.training))
+    normalization = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    distill(student, teacher, torch.rand(16, 3, 32, 32), normalization, replace(FAST, epochs=1, dropout=dropout))
+    assert seen and set(seen) == {dropout}
+    assert not torch.equal(student.features[1].running_mean, teacher.features[1].running_mean)
 
 
 def test_evaluation_callback_per_epoch(teacher):

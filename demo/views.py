@@ -154,6 +154,7 @@ class LiveView:
         refit: bool = True,
         showcase: int = 0,
         granularity: str = "weight",
+        generator: bool = False,
     ):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
         self.removed = "the MACs (whole channels)" if granularity == "channel" else "the weights"
@@ -161,6 +162,8 @@ class LiveView:
             s for s in STAGES if (refit or s is not Stage.REFIT) and (showcase or s is not Stage.SHOWCASE)
         )
         self.watched = Stage.SHOWCASE if showcase else Stage.DREAM  # whose dreams the gallery shows
+        # ... and then, a generator's samples: while it warms up, and each fresh batch during distillation
+        self.shown = {self.watched, Stage.DREAM, Stage.DISTILL} if generator else {self.watched, Stage.DISTILL}
         self.per_class = showcase or DREAMS_PER_CLASS
         self.started = time.perf_counter()
         self.losses_drawn = -math.inf
@@ -192,7 +195,7 @@ class LiveView:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
-            if item.stage is not self.watched and item.stage is not Stage.DISTILL:  # a generator dreams on in distill
+            if item.stage not in self.shown:
                 return {}
             caption = step_caption(item.step, item.total) if self.watched is Stage.SHOWCASE else ""
             tiles = dream_tiles(item.images, item.labels, item.classes, self.per_class, caption=caption)

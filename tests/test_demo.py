@@ -191,6 +191,23 @@ def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, imag
         assert len(new_values(again, "summary")[-1]["data"]) == 5  # teacher, pruned, refit, recovered, noise
 
 
+def test_a_generator_run_shows_its_samples_as_they_improve(teacher_checkpoint, image_root):
+    with served(tiny_options((teacher_checkpoint,), image_root)) as client:
+        job = client.submit(**run_args(teacher_checkpoint, synthesis="generator", epochs=1), api_name="/run")
+        job.result(timeout=300)
+    statuses = new_values(job, "status")
+    assert "Done" in statuses[-1], statuses[-1]
+    dreams, status = output_index("dreams"), output_index("status")
+    warming = [i for i, out in enumerate(job.outputs()) if out[status] and "generator warm-up" in str(out[status])]
+    assert warming, "the status names the generator's warm-up"
+    later = [out[dreams] for out in job.outputs()[warming[0] :] if out[dreams] and isinstance(out[dreams], list)]
+    assert len(later) >= 3, "the warm-up's samples and the fresh batches reach the gallery"
+    report = json.loads(
+        next(Path(f["path"]) for f in new_values(job, "files")[-1] if f["path"].endswith(".json")).read_text()
+    )
+    assert report["dreams"]["settings"]["synthesis"] == "generator"
+
+
 def _error(client: Client, **args: Any) -> str:
     """The message a run with these inputs is refused with (before it queues) or ends with; it must be plain
     words, never a traceback."""

@@ -231,7 +231,8 @@ MAX_WORK = {"cpu": 600_000, "gpu": 4_800_000}
 def work_of(settings: Settings) -> int:
     """A run's work in image-steps: every dream is optimized ``steps`` times and seen once per epoch; a
     generator's batches are each made once and its memory bank is sampled as many times as a fixed set."""
-    generator, distill = settings.recipe().generator, settings.recipe().distill
+    recipe = settings.recipe()
+    generator, distill = recipe.generator, recipe.distill
     if generator is None:
         return settings.num_images * (settings.steps + settings.epochs)
     batches = generator.warmup_steps + settings.epochs * generator.batches_per_epoch * generator.steps_per_batch

@@ -58,7 +58,6 @@ def machine() -> str:
 
 def recipe_words(recipe: dict) -> str:
     """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
-    recipe = {**recipe, "distill": {"dropout": True, **recipe["distill"]}}  # older records: the student's dropout on
     dream, kd, online = recipe["dream"], recipe["distill"], recipe.get("generator")
     if online:
         made = f"a generator ({online['warmup_steps']}-step warm-up, a fresh batch of {online['batch_size']} every "
@@ -67,7 +66,9 @@ def recipe_words(recipe: dict) -> str:
         made = f"{dream['num_images']:,} dreams x {dream['steps']} steps"
     words = (
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
-        f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}, "
+        f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}"
+        + (f" after a {kd['warmup']:g}-epoch warm-up" if kd["warmup"] else "")
+        + ", "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
         + (", student dropout on" if kd["dropout"] else "")
     )

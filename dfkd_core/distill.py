@@ -54,6 +54,7 @@ class DistillConfig:
     epochs: int = knob(30, "passes over the transfer set")
     batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
     lr: float = knob(0.1, "SGD peak learning rate, cosine-annealed to zero over all steps")
+    warmup: float = knob(0.0, "epochs over which the learning rate rises linearly from 0 to its peak")
     momentum: float = knob(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
     temperature: float = knob(4.0, "softmax temperature T of the KL loss (scaled by T^2)")
@@ -69,7 +70,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
-        require_finite(self, "distill", "lr", "momentum", "weight_decay", "feature_weight")
+        require_finite(self, "distill", "lr", "warmup", "momentum", "weight_decay", "feature_weight")
         require_finite(self, "distill", "temperature", positive=True)
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
@@ -269,6 +270,18 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     return epoch_loss / seen
 
 
+def _lr_factor(total: int, warmup_steps: float) -> Callable[[int], float]:
+    """The learning rate of step ``s`` (from 0) as a fraction of the peak: a linear rise over the first
+    ``warmup_steps`` (a pruned student sits near a good minimum, and a full-size first step can throw
+    it far from there), times a cosine decay to zero over all ``total`` steps."""
+
+    def factor(s: int) -> float:
+        rise = min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps > 0 else 1.0
+        return rise * 0.5 * (1 + math.cos(math.pi * s / total))
+
+    return factor
+
+
 def _transfer_set(images: torch.Tensor | ImageStream, config: DistillConfig) -> str:
     """What distillation will train on, in words; ``ValueError`` if there is nothing to train on."""
     if isinstance(images, ImageStream):
@@ -310,7 +323,7 @@ def iter_distill(
         nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(total, config.warmup * (total / config.epochs)))
     kept = _shared_bn_names(student, teacher) if config.feature_weight > 0 else {}
     taps = (_FeatureTaps(student, list(kept)), _FeatureTaps(teacher, list(kept)))
     session = _Session(

@@ -45,6 +45,9 @@ class GeneratorConfig:
     batch_size: int = knob(256, "images per generator step; BatchNorm statistics are matched per batch")
     warmup_steps: int = knob(40, "generator steps before distillation starts (its samples are shown as they form)")
     steps_per_batch: int = knob(1, "generator steps for each fresh batch during distillation")
+    meta_rate: float = knob(
+        1.0, "share of a fresh batch's steps kept in the next batch's start (< 1: a Reptile meta-learned start)"
+    )
     distill_steps: int = knob(16, "student steps between two fresh batches")
     batches_per_epoch: int = knob(2, "fresh batches per distillation epoch (2 x 16 steps: as many as 1,024 dreams)")
     bank_size: int = knob(0, "images kept in the memory bank the student samples from (0 = every batch so far)")
@@ -56,6 +59,7 @@ class GeneratorConfig:
     flip: bool = knob(True, "random horizontal flip of the teacher's input each step")
     adi: float = knob(1.0, "weight of the teacher-student disagreement term (dreams where the student is wrong)")
     adi_temperature: float = knob(3.0, "softmax temperature of the disagreement term")
+    diversity: float = knob(0.0, "weight of a term that pushes same-class images apart in the teacher's features")
     preview_every: int = knob(5, "warm-up steps between live snapshots of the samples")
 
     def __post_init__(self) -> None:
@@ -71,12 +75,14 @@ class GeneratorConfig:
             "batches_per_epoch",
             "preview_every",
         )
-        require_finite(self, "generator", "lr", "ce", "r_bn", "first_bn_multiplier", "adi")
+        require_finite(self, "generator", "lr", "ce", "r_bn", "first_bn_multiplier", "adi", "diversity")
         require_finite(self, "generator", "adi_temperature", positive=True)
         for name in ("bank_size", "jitter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"generator {name} must be a whole number >= 0, got {value!r}")
+        if not (isinstance(self.meta_rate, (int, float)) and 0 < self.meta_rate <= 1):
+            raise ValueError(f"generator meta_rate must be in (0, 1], got {self.meta_rate!r}")
         if self.bank_size and self.bank_size < self.batch_size:
             raise ValueError(
                 f"generator bank_size ({self.bank_size}) must hold at least one batch ({self.batch_size}), or be 0"
@@ -112,6 +118,20 @@ class DreamGenerator(nn.Module):
     def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         seed = self.seed(noise * self.embedding(labels))
         return self.body(seed.view(len(noise), 2 * self.width, SEED_SIDE, SEED_SIDE))
+
+
+def same_class_similarity(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of the features of every pair of distinct images with the same label.
+
+    A generator can satisfy the class and BatchNorm losses with a few images per class drawn again
+    and again; penalizing this similarity (a batch-local form of CMI's contrastive term, Fang et al.,
+    IJCAI 2021) asks it for images the teacher itself tells apart. 0 when no two images share a label.
+    """
+    unit = F.normalize(features.flatten(1).float(), dim=1)
+    pairs = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    if not pairs.any():
+        return unit.sum() * 0.0
+    return (unit @ unit.T)[pairs].mean()
 
 
 class ImageStream:
@@ -155,9 +175,13 @@ class ImageStream:
 
     def refill(self, stage: Stage, step: int, total: int) -> Generator[Event, None, None]:
         """A fresh batch (``config.steps_per_batch`` generator steps) into the memory bank; yields its snapshot."""
-        pixels, labels, _ = self.step(self.config.steps_per_batch)
+        pixels, labels, _ = self.fresh_batch()
         self.remember(pixels, labels)
         yield ImagesReady(stage, step, pixels, labels, self.teacher.classes, total)
+
+    def fresh_batch(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The batch distillation asks for: ``config.steps_per_batch`` steps of :meth:`step`."""
+        return self.step(self.config.steps_per_batch)
 
     def settings(self, seed: int) -> dict:
         return {"synthesis": "generator", **asdict(self.config), "seed": seed, "teacher_sha256": self.teacher.sha256}
@@ -229,9 +253,20 @@ class DreamStream(ImageStream):
         for p, _ in self._frozen:
             p.requires_grad_(False)
         self.prior = _BNStatisticsLoss(model, config.first_bn_multiplier)
+        self._features: list[torch.Tensor] = []  # the teacher's penultimate features, for the diversity term
+        self._feature_hook = None
+        if config.diversity > 0:
+            classifier = [m for m in self.prior.network.modules() if isinstance(m, nn.Linear)][-1:]
+            if not classifier:
+                raise ValueError("generator diversity > 0 needs a teacher whose output layer is an nn.Linear")
+            self._feature_hook = classifier[0].register_forward_pre_hook(self._keep_features)
         norm = teacher.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
+
+    def _keep_features(self, _: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if torch.is_grad_enabled():  # the generator's own passes, not distillation's no-grad teacher passes
+            self._features = [inputs[0]]
 
     def _loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         config = self.config
@@ -242,6 +277,11 @@ class DreamStream(ImageStream):
         logits = self.prior.network(view)
         ce, bn = F.cross_entropy(logits, labels), self.prior.pop()
         loss = config.ce * ce + config.r_bn * bn
+        terms = {"ce": ce.detach(), "bn": bn.detach()}
+        if self._feature_hook is not None:
+            similarity = same_class_similarity(self._features.pop(), labels)
+            loss = loss + config.diversity * similarity
+            terms["similarity"] = similarity.detach()
         if self.student is not None:
             was_training = self.student.training
             student_params = [p for p in self.student.parameters() if p.requires_grad]
@@ -254,8 +294,8 @@ class DreamStream(ImageStream):
                     p.requires_grad_(True)
                 self.student.train(was_training)
             loss = loss + config.adi * _js_disagreement(logits, student_logits, config.adi_temperature)
-        agreed = (logits.detach().argmax(1) == labels).sum()
-        return loss, {"ce": ce.detach(), "bn": bn.detach(), "agreed": agreed}
+        terms["agreed"] = (logits.detach().argmax(1) == labels).sum()
+        return loss, terms
 
     def step(self, steps: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """``steps`` generator updates on one batch of fresh noise; returns its images (pixels in [0, 1],
@@ -282,11 +322,25 @@ class DreamStream(ImageStream):
         self.agreed += int(terms["agreed"])
         self.seconds += time.perf_counter() - started
         top1 = 100.0 * int(terms["agreed"]) / n
-        metrics = {"loss": value, "ce": float(terms["ce"]), "bn": float(terms["bn"]), "top1": top1}
+        metrics = {"loss": value, "top1": top1} | {k: float(v) for k, v in terms.items() if k != "agreed"}
         return pixels.detach().float().cpu(), labels.cpu(), metrics
+
+    def fresh_batch(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """A batch made by ``config.steps_per_batch`` steps from the generator's start; with ``meta_rate``
+        below 1 the start then moves only that share of the way to where the steps ended (Reptile, as
+        Fast-DFKD meta-learns its start): a start good for every batch rather than for the last one."""
+        rate = self.config.meta_rate
+        start = [p.detach().clone() for p in self.network.parameters()] if rate < 1 else []
+        batch = self.step(self.config.steps_per_batch)
+        with torch.no_grad():
+            for p, p0 in zip(self.network.parameters(), start):
+                p.copy_(p0 + rate * (p - p0))
+        return batch
 
     def close(self) -> None:
         self.prior.remove()
+        if self._feature_hook is not None:
+            self._feature_hook.remove()
         for p, flag in self._frozen:
             p.requires_grad_(flag)
 

@@ -4,7 +4,14 @@ import torch
 from dfkd_core import DistillConfig, prune_model
 from dfkd_core.distill import iter_distill
 from dfkd_core.events import ImagesReady, Metric, MetricLogged, Progress, Stage, StageFinished, StageStarted, drain
-from dfkd_core.generator import DreamGenerator, DreamStream, GeneratorConfig, ReplayStream, iter_warmup
+from dfkd_core.generator import (
+    DreamGenerator,
+    DreamStream,
+    GeneratorConfig,
+    ReplayStream,
+    iter_warmup,
+    same_class_similarity,
+)
 
 SMALL = GeneratorConfig(  # no student to disagree with in most tests: adi 0
     latent_dim=16, width=8, batch_size=20, warmup_steps=4, distill_steps=2, batches_per_epoch=2, adi=0.0
@@ -106,11 +113,60 @@ def test_the_memory_bank_keeps_the_newest_images():
         ({"warmup_steps": 0}, "warmup_steps"),
         ({"lr": float("nan")}, "lr"),
         ({"jitter": -1}, "jitter"),
+        ({"diversity": -0.5}, "diversity"),
+        ({"meta_rate": 0.0}, "meta_rate"),
+        ({"meta_rate": 1.5}, "meta_rate"),
     ],
 )
 def test_bad_generator_settings_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         GeneratorConfig(**changes)
+
+
+def test_same_class_similarity_counts_only_pairs_of_one_class():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    assert float(same_class_similarity(torch.stack([a, 3 * a, b]), torch.tensor([0, 0, 1]))) == pytest.approx(1.0)
+    assert float(same_class_similarity(torch.stack([a, b, a]), torch.tensor([0, 0, 1]))) == pytest.approx(0.0)
+    assert float(same_class_similarity(torch.stack([a, a]), torch.tensor([0, 1]))) == 0.0, "no pair shares a class"
+
+
+def test_the_diversity_term_is_measured_and_its_hook_removed(teacher):
+    config = GeneratorConfig(latent_dim=16, width=8, batch_size=20, adi=0.0, diversity=1.0)
+    stream = DreamStream(teacher, config, seed=0)
+    classifier = [m for m in stream.prior.network.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert len(classifier._forward_pre_hooks) == 1
+    try:
+        metrics = stream.step()[2]
+        with torch.no_grad():  # distillation's teacher passes are not the generator's
+            teacher.model(torch.rand(2, 3, 32, 32))
+        assert -1.0 <= metrics["similarity"] <= 1.0 and len(stream._features) == 0
+        plain = DreamStream(teacher, SMALL, seed=0)
+        assert "similarity" not in plain.step()[2]
+        plain.close()
+    finally:
+        stream.close()
+    assert not classifier._forward_pre_hooks, "closing the stream removes its hook"
+
+
+def test_a_meta_start_keeps_only_a_share_of_each_batchs_steps(teacher):
+    """Reptile: after a fresh batch the start sits ``meta_rate`` of the way from where it was to where the steps ended."""
+
+    def after_one_batch(rate):
+        stream = DreamStream(teacher, GeneratorConfig(latent_dim=16, width=8, batch_size=20, adi=0.0, meta_rate=rate))
+        try:
+            before = [p.detach().clone() for p in stream.network.parameters()]
+            pixels = stream.fresh_batch()[0]
+            return before, [p.detach().clone() for p in stream.network.parameters()], pixels
+        finally:
+            stream.close()
+
+    start, full, pixels_full = after_one_batch(1.0)
+    same_start, half, pixels_half = after_one_batch(0.25)
+    assert all(torch.equal(a, b) for a, b in zip(start, same_start))
+    assert torch.equal(pixels_full, pixels_half), "the batch itself comes from the full steps"
+    assert any(not torch.equal(a, b) for a, b in zip(start, full))
+    for p0, p1, p_meta in zip(start, full, half):
+        torch.testing.assert_close(p_meta, p0 + 0.25 * (p1 - p0))
 
 
 def test_the_disagreement_term_needs_the_student(teacher):

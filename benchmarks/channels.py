@@ -13,6 +13,7 @@ Rows (``--rows``, by name):
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
+    resnet20-50-generator, resnet56-50-generator   a generator's fresh batches instead of a fixed dream set
 
 ``--weights-from results/recovery.json`` takes the weight-pruning points of the plot from the recovery
 benchmark's rows instead (the same default recipe and teacher), counting their nonzero parameters here.
@@ -55,6 +56,7 @@ class Row:
     granularity: str = "channel"
     scope: str = "global"
     distill: dict = field(default_factory=dict)  # overrides of the default recipe's distillation
+    synthesis: str = "deepinversion"  # or "generator": fresh dreams at every step, none to share between rows
     baselines: tuple[str, ...] = ()
 
 
@@ -68,6 +70,8 @@ ROWS = {
     "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),
     "resnet56-weights-75": Row("resnet56", 0.75, granularity="weight"),
     "resnet56-weights-90": Row("resnet56", 0.9, granularity="weight"),
+    "resnet20-50-generator": Row("resnet20", 0.5, synthesis="generator"),
+    "resnet56-50-generator": Row("resnet56", 0.5, synthesis="generator"),
 }
 
 
@@ -84,23 +88,24 @@ def markdown(record: dict) -> str:
         "",
         "Removed: share of MACs (channel) or of Conv/Linear weights (weight). Params and MACs: of the recovered",
         "student (teacher in brackets). Speed-up: the teacher's CPU latency over the student's, same process,",
-        "interleaved, median of 7. Distill: seconds of distillation (the dreams are made once per teacher and reused;",
-        "their time is the recovery benchmark's).",
+        "interleaved, median of 7. Dream and distill: seconds (a fixed dream set is made once per teacher and",
+        "shared, its time is the recovery benchmark's; a generator dreams anew in its row).",
         "",
         "| row | removed | params | MACs | teacher acc | pruned | **recovered** | real (oracle) "
-        "| speed-up batch 1 | speed-up batch 256 | student ms (batch 256) | distill s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speed-up batch 1 | speed-up batch 256 | student ms (batch 256) | dream s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size, teacher, latency = r["size"]["recovered"], r["size"]["teacher"], r["latency_ms"]
         real = r["baselines"]["real"]
+        dream_s = f"{r['timings_s']['dream']:.0f}" if r["settings"]["recipe"].get("generator") else "shared"
         lines.append(
             f"| {r['name']} | {r['sparsity']['measured']:.1%} of {r['sparsity']['of']} "
             f"| {size['nonzero_params'] / 1e3:,.0f}k ({teacher['params'] / 1e3:,.0f}k) "
             f"| {size['macs'] / 1e6:.1f}M ({teacher['macs'] / 1e6:.1f}M) | {r['teacher_acc']:.2f} "
             f"| {r['pruned_acc']:.2f} | **{r['recovered_acc']:.2f}** | {'-' if real is None else f'{real:.2f}'} "
             f"| {latency['speedup']['1']:.2f}x | {latency['speedup']['256']:.2f}x | {latency['recovered']['256']:.0f} "
-            f"| {r['timings_s']['distill']:.0f} |"
+            f"| {dream_s} | {r['timings_s']['distill']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -111,6 +116,7 @@ def figure(record: dict, teacher: str = "resnet56") -> Figure:
     ax = fig.add_subplot()
     rows = [r for r in record["rows"] if r["teacher_name"] == teacher and r["settings"]["scope"] == "global"]
     rows = [r for r in rows if r["settings"]["recipe"]["distill"]["feature_weight"] > 0]
+    rows = [r for r in rows if r["settings"]["recipe"].get("generator") is None]  # one recipe per curve
     measured = [(r["sparsity"]["granularity"], r["size"]["recovered"]["nonzero_params"], r) for r in rows]
     measured += [("weight", p["nonzero_params"], p) for p in record.get("weight_points", [])]
     for granularity, style in (("weight", "o-"), ("channel", "s-")):
@@ -198,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in args.rows:
         row = ROWS[name]
-        recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill)
-        if row.teacher not in dreams and (cached := cached_dreams(args.dream_cache, row.teacher, recipe)):
+        recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill, synthesis=row.synthesis)
+        online = recipe.generator is not None
+        if (
+            not online
+            and row.teacher not in dreams
+            and (cached := cached_dreams(args.dream_cache, row.teacher, recipe))
+        ):
             dreams[row.teacher] = cached
         config = dfkd.RecoveryConfig(
             teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
@@ -211,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             baselines=row.baselines,
             device=args.device,
         )
-        result = dfkd.run_recovery(config, dreams=dreams.get(row.teacher))
-        keep_dreams(args.dream_cache, row.teacher, result.dreams)
-        dreams[row.teacher] = result.dreams
+        result = dfkd.run_recovery(config, dreams=None if online else dreams.get(row.teacher))
+        if not online:
+            keep_dreams(args.dream_cache, row.teacher, result.dreams)
+            dreams[row.teacher] = result.dreams
         report = result.report()
         report.pop("layers")
         report.update(name=name, teacher_name=row.teacher)

@@ -11,6 +11,7 @@ Usage (from the repository root; writes JSON and a markdown table):
 
     python benchmarks/recipe.py --shared ../shared --out benchmarks/results
     python benchmarks/recipe.py --render benchmarks/results/recipe.json   # the table again, no run
+    python benchmarks/recipe.py --shared ../shared --append   # run only rows the results file lacks
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def generator_ablation() -> list[tuple[str, Recipe, bool]]:
     disagreement = _online(online, adi=1.0)  # = GeneratorConfig(): the library's generator defaults
     recent = _online(online, bank_size=2048)
     two_steps = _online(online, steps_per_batch=2)
+    diverse = _online(disagreement, diversity=1.0)
+    meta_start = _online(two_steps, meta_rate=0.5)
     longer = _kd(online, batch_size=64, epochs=40)
     return [
         (
@@ -75,11 +78,22 @@ def generator_ablation() -> list[tuple[str, Recipe, bool]]:
             True,
         ),
         (
+            "+ same-class images pushed apart in the teacher's features (diversity 1, a batch-local CMI term)",
+            diverse,
+            False,
+        ),
+        (
             "instead of the disagreement term (on the first row): a memory bank of the newest 2,048 images only",
             recent,
             False,
         ),
         ("instead (on the first row): 2 generator steps per fresh batch", two_steps, False),
+        (
+            "instead (on the first row): 2 steps per fresh batch from a meta-learned start (Reptile, as Fast-DFKD: "
+            "the start moves half way to where the steps end)",
+            meta_start,
+            False,
+        ),
         ("instead (on the first row): batches of 64, 40 epochs (2.7x the student's images)", longer, False),
     ]
 
@@ -123,6 +137,8 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ peak lr 0.2 instead of 0.1", _kd(more_steps, lr=0.2), False),
         ("+ feature weight 0.3 instead of 1", _kd(more_steps, feature_weight=0.3), False),
         ("+ crops padded by 8 pixels instead of 4", _kd(more_steps, crop_padding=8), False),
+        ("+ peak lr 0.03 instead of 0.1", _kd(more_steps, lr=0.03), False),
+        ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, warmup=2.0), False),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs", more_full_dreams, False),
         ("+ twice as long: 60 epochs", patient, True),
         ("+ twice the dreams (2,048 x 200) = preset `best`", patient_more_dreams, True),
@@ -142,7 +158,7 @@ def markdown(record: dict) -> str:
     title = (
         f"Recipe ablation, ResNet-20 JPEG teacher ({rows[0]['teacher_acc']:.2f}), CIFAR-10 (JPEG) test, "
         f"10,000 images; recovered top-1 after global L1 pruning; {record['device']}, {record['threads']} threads; "
-        f"torch {record['torch']}; `{record['command']}`"
+        f"torch {record['torch']}; " + "; ".join(f"`{c}`" for c in record.get("commands") or [record["command"]])
     )
     sparsities = list(rows[0]["recovered"])  # as recorded: "0.75", "0.9"
     header = " | ".join(f"{float(s):.0%}" for s in sparsities)
@@ -172,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         help="dream sets and finished rows are kept here, so an interrupted run resumes",
     )
     parser.add_argument("--ablation", choices=list(ABLATIONS), default="deepinversion", help="which rows to run")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows --out already has (same idea); run only the others"
+    )
     parser.add_argument("--render", type=Path, help="only rewrite the markdown table from this recipe.json")
     args = parser.parse_args(argv)
     if args.render:
@@ -188,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the library's default or best preset is not a row of the ablation", file=sys.stderr)
 
     command = "python " + " ".join(["benchmarks/recipe.py", *(argv if argv is not None else sys.argv[1:])])
+    stem = args.out / ABLATIONS[args.ablation]
+    earlier = json.loads(stem.with_suffix(".json").read_text()) if args.append else {"rows": []}
+    measured = {r["idea"]: r for r in earlier["rows"]}
     record = {
-        "command": command,
+        "commands": [*(earlier.get("commands") or [earlier["command"]] if args.append else []), command],
         "device": str(dfkd.resolve_device(args.device)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -203,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for idea, recipe, kept in rows_of():
         key = _key(recipe)
         finished = args.cache / f"row-{key}.json"
-        if finished.is_file():  # measured by an earlier, interrupted invocation
-            rows.append(json.loads(finished.read_text()) | {"idea": idea, "kept": kept})
+        if idea in measured or finished.is_file():  # in the results already, or measured before an interruption
+            rows.append((measured.get(idea) or json.loads(finished.read_text())) | {"idea": idea, "kept": kept})
             continue
         dream_file = args.cache / f"dreams-{_key(recipe.dream)}.pt"
         if recipe.dream not in dreams_by_setting and dream_file.is_file():
@@ -232,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         finished.write_text(json.dumps(row))
         print(f"{idea}: {row['recovered']} ({time.perf_counter() - started:.0f} s so far)", flush=True)
-        _write(args.out / ABLATIONS[args.ablation], record)
-    print(_write(args.out / ABLATIONS[args.ablation], record))
+        _write(stem, record)
+    print(_write(stem, record))
     return 0
 
 

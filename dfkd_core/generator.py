@@ -51,6 +51,7 @@ class GeneratorConfig:
     distill_steps: int = knob(16, "student steps between two fresh batches")
     batches_per_epoch: int = knob(2, "fresh batches per distillation epoch (2 x 16 steps: as many as 1,024 dreams)")
     bank_size: int = knob(0, "images kept in the memory bank the student samples from (0 = every batch so far)")
+    bank_start: int = knob(1, "warm-up batches (its last ones) the memory bank holds when distillation starts")
     lr: float = knob(4e-3, "Adam step size of the generator")
     ce: float = knob(1.0, "weight of the cross-entropy to the target classes")
     r_bn: float = knob(0.1, "weight of the BatchNorm-statistics loss (sum over BatchNorm layers)")
@@ -73,6 +74,7 @@ class GeneratorConfig:
             "steps_per_batch",
             "distill_steps",
             "batches_per_epoch",
+            "bank_start",
             "preview_every",
         )
         require_finite(self, "generator", "lr", "ce", "r_bn", "first_bn_multiplier", "adi", "diversity")
@@ -86,6 +88,10 @@ class GeneratorConfig:
         if self.bank_size and self.bank_size < self.batch_size:
             raise ValueError(
                 f"generator bank_size ({self.bank_size}) must hold at least one batch ({self.batch_size}), or be 0"
+            )
+        if self.bank_start > self.warmup_steps:
+            raise ValueError(
+                f"generator bank_start ({self.bank_start}) cannot exceed the warm-up's {self.warmup_steps} batches"
             )
 
 
@@ -347,18 +353,25 @@ class DreamStream(ImageStream):
 
 def iter_warmup(stream: ImageStream, *, seed: int = 0, stage: Stage = Stage.DREAM) -> Generator[Event, None, DreamSet]:
     """Train the generator for ``config.warmup_steps`` steps before distillation starts; yields progress
-    and snapshots of its samples as they form; its last batch starts the memory bank, returned as a dream set."""
+    and snapshots of its samples as they form; its last ``config.bank_start`` batches start the memory bank,
+    returned as a dream set."""
     config = stream.config
     total = config.warmup_steps
     yield StageStarted(stage, total, f"generator warm-up: {config.warmup_steps} steps of {config.batch_size} images")
     started = time.perf_counter()
+    kept: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     for t in range(total):
         pixels, labels, metrics = stream.step(1)
+        if t >= total - config.bank_start:
+            kept.append((pixels, labels, metrics["top1"]))
         if t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == total:
             yield Progress(stage, t + 1, total, metrics)
             yield ImagesReady(stage, t + 1, pixels, labels, stream.teacher.classes, total)
-    stream.made, stream.agreed = len(labels), round(len(labels) * metrics["top1"] / 100)  # only the kept batch counts
-    stream.remember(pixels, labels)
+    stream.made, stream.agreed = 0, 0  # only the kept batches count
+    for pixels, labels, top1 in kept:
+        stream.made += len(labels)
+        stream.agreed += round(len(labels) * top1 / 100)
+        stream.remember(pixels, labels)
     seconds = time.perf_counter() - started
     dreams = stream.dreams(seed)
     yield MetricLogged(stage, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)

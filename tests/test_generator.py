@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -42,6 +44,23 @@ def test_warmup_events_and_the_first_batch_of_the_bank(teacher):
     assert dreams.images.shape == (20, 3, 32, 32) and len(stream.bank) == 20
     assert torch.bincount(dreams.labels, minlength=10).tolist() == [2] * 10, "class-balanced"
     assert dreams.settings["synthesis"] == "generator" and dreams.steps == 4
+
+
+def test_the_bank_starts_with_the_warmups_last_batches(teacher):
+    def warm(bank_start):
+        stream = DreamStream(teacher, dataclasses.replace(SMALL, bank_start=bank_start), seed=0)
+        try:
+            return drain(iter_warmup(stream)), stream
+        finally:
+            stream.close()
+
+    one, _ = warm(1)
+    three, stream = warm(3)
+    assert len(stream.bank) == stream.made == 3 * 20 and three.images.shape == (60, 3, 32, 32)
+    assert torch.equal(three.images[-20:], one.images), (
+        "the same seed: the last batch is the same, older ones come first"
+    )
+    assert 0 <= stream.agreed <= 60
 
 
 def test_a_seed_decides_the_dreams(teacher):
@@ -116,6 +135,8 @@ def test_the_memory_bank_keeps_the_newest_images():
         ({"diversity": -0.5}, "diversity"),
         ({"meta_rate": 0.0}, "meta_rate"),
         ({"meta_rate": 1.5}, "meta_rate"),
+        ({"bank_start": 0}, "bank_start"),
+        ({"bank_start": 41}, "bank_start"),
     ],
 )
 def test_bad_generator_settings_are_named(changes, message):

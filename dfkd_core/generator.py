@@ -51,7 +51,7 @@ class GeneratorConfig:
     distill_steps: int = knob(16, "student steps between two fresh batches")
     batches_per_epoch: int = knob(2, "fresh batches per distillation epoch (2 x 16 steps: as many as 1,024 dreams)")
     bank_size: int = knob(0, "images kept in the memory bank the student samples from (0 = every batch so far)")
-    bank_start: int = knob(1, "warm-up batches (its last ones) the memory bank holds when distillation starts")
+    initial_bank: int = knob(1, "batches in the memory bank when distillation starts: the warm-up's last ones")
     lr: float = knob(4e-3, "Adam step size of the generator")
     ce: float = knob(1.0, "weight of the cross-entropy to the target classes")
     r_bn: float = knob(0.1, "weight of the BatchNorm-statistics loss (sum over BatchNorm layers)")
@@ -74,7 +74,7 @@ class GeneratorConfig:
             "steps_per_batch",
             "distill_steps",
             "batches_per_epoch",
-            "bank_start",
+            "initial_bank",
             "preview_every",
         )
         require_finite(self, "generator", "lr", "ce", "r_bn", "first_bn_multiplier", "adi", "diversity")
@@ -83,15 +83,21 @@ class GeneratorConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"generator {name} must be a whole number >= 0, got {value!r}")
-        if not (isinstance(self.meta_rate, (int, float)) and 0 < self.meta_rate <= 1):
+        require_finite(self, "generator", "meta_rate", positive=True)
+        if self.meta_rate > 1:
             raise ValueError(f"generator meta_rate must be in (0, 1], got {self.meta_rate!r}")
         if self.bank_size and self.bank_size < self.batch_size:
             raise ValueError(
                 f"generator bank_size ({self.bank_size}) must hold at least one batch ({self.batch_size}), or be 0"
             )
-        if self.bank_start > self.warmup_steps:
+        if self.initial_bank > self.warmup_steps:
             raise ValueError(
-                f"generator bank_start ({self.bank_start}) cannot exceed the warm-up's {self.warmup_steps} batches"
+                f"generator initial_bank ({self.initial_bank}) cannot exceed the warm-up's {self.warmup_steps} batches"
+            )
+        if self.bank_size and self.initial_bank * self.batch_size > self.bank_size:
+            raise ValueError(
+                f"generator bank_size ({self.bank_size}) must hold the initial_bank's {self.initial_bank} batches "
+                f"of {self.batch_size}"
             )
 
 
@@ -229,8 +235,9 @@ class DreamStream(ImageStream):
     """A generator trained against the frozen teacher, which hands out a fresh batch on request.
 
     The generator is never reset: the one trained so far is each new batch's start, so after the
-    warm-up a batch costs ``config.steps_per_batch`` steps (Fast-DFKD meta-learns such a start; a
-    generator that keeps learning is the simplest one). ``student`` is only used for the disagreement
+    warm-up a batch costs ``config.steps_per_batch`` steps. With ``config.meta_rate`` below 1 that
+    start is meta-learned (Reptile, as Fast-DFKD); at 1 it is simply the generator that keeps
+    learning. ``student`` is only used for the disagreement
     term (``config.adi > 0``). The teacher's parameters are frozen while the stream is open;
     :meth:`close` gives them back.
     """
@@ -255,17 +262,17 @@ class DreamStream(ImageStream):
             self.network = DreamGenerator(teacher.num_classes, config.latent_dim, config.width).to(self.device)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, betas=(0.5, 0.999))
         model = teacher.model.to(self.device).eval()
+        if config.diversity > 0 and not any(isinstance(m, nn.Linear) for m in model.modules()):
+            raise ValueError("generator diversity > 0 needs a teacher whose output layer is an nn.Linear")
         self._frozen = [(p, p.requires_grad) for p in model.parameters()]
         for p, _ in self._frozen:
             p.requires_grad_(False)
         self.prior = _BNStatisticsLoss(model, config.first_bn_multiplier)
         self._features: list[torch.Tensor] = []  # the teacher's penultimate features, for the diversity term
         self._feature_hook = None
-        if config.diversity > 0:
-            classifier = [m for m in self.prior.network.modules() if isinstance(m, nn.Linear)][-1:]
-            if not classifier:
-                raise ValueError("generator diversity > 0 needs a teacher whose output layer is an nn.Linear")
-            self._feature_hook = classifier[0].register_forward_pre_hook(self._keep_features)
+        if config.diversity > 0:  # the network the loss runs (it may be a BatchNorm-folded copy)
+            classifier = [m for m in self.prior.network.modules() if isinstance(m, nn.Linear)][-1]
+            self._feature_hook = classifier.register_forward_pre_hook(self._keep_features)
         norm = teacher.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -353,7 +360,7 @@ class DreamStream(ImageStream):
 
 def iter_warmup(stream: ImageStream, *, seed: int = 0, stage: Stage = Stage.DREAM) -> Generator[Event, None, DreamSet]:
     """Train the generator for ``config.warmup_steps`` steps before distillation starts; yields progress
-    and snapshots of its samples as they form; its last ``config.bank_start`` batches start the memory bank,
+    and snapshots of its samples as they form; its last ``config.initial_bank`` batches start the memory bank,
     returned as a dream set."""
     config = stream.config
     total = config.warmup_steps
@@ -362,7 +369,7 @@ def iter_warmup(stream: ImageStream, *, seed: int = 0, stage: Stage = Stage.DREA
     kept: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     for t in range(total):
         pixels, labels, metrics = stream.step(1)
-        if t >= total - config.bank_start:
+        if t >= total - config.initial_bank:
             kept.append((pixels, labels, metrics["top1"]))
         if t == 0 or (t + 1) % config.preview_every == 0 or t + 1 == total:
             yield Progress(stage, t + 1, total, metrics)

@@ -440,7 +440,7 @@ def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
 def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
     """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported).
 
-    A generator recipe warms its generator up here; its last batch starts the memory bank, and the
+    A generator recipe warms its generator up here; its last batches start the memory bank, and the
     generator goes on dreaming during distillation (``run.stream``).
     """
     assert run.teacher is not None
@@ -543,11 +543,13 @@ def _baseline_source(run: _Run, name: str, dreams: DreamSet) -> torch.Tensor | I
     if recipe.generator is None or run.stream is None:
         return _baseline_images(run, name, len(dreams))[0]
     assert run.teacher is not None
-    batches = 1 + recipe.distill.epochs * recipe.generator.batches_per_epoch  # the warm-up's, then the fresh ones
+    initial = recipe.generator.initial_bank  # the warm-up's batches, then the fresh ones
+    batches = initial + recipe.distill.epochs * recipe.generator.batches_per_epoch
     stream = ReplayStream(
         run.teacher, recipe.generator, *_baseline_images(run, name, batches * recipe.generator.batch_size)
     )
-    stream.remember(*stream.step()[:2])
+    for _ in range(initial):
+        stream.remember(*stream.step()[:2])
     return stream
 
 

@@ -46,9 +46,9 @@ def test_warmup_events_and_the_first_batch_of_the_bank(teacher):
     assert dreams.settings["synthesis"] == "generator" and dreams.steps == 4
 
 
-def test_the_bank_starts_with_the_warmups_last_batches(teacher):
-    def warm(bank_start):
-        stream = DreamStream(teacher, dataclasses.replace(SMALL, bank_start=bank_start), seed=0)
+def test_the_initial_banks_with_the_warmups_last_batches(teacher):
+    def warm(initial_bank):
+        stream = DreamStream(teacher, dataclasses.replace(SMALL, initial_bank=initial_bank), seed=0)
         try:
             return drain(iter_warmup(stream)), stream
         finally:
@@ -135,8 +135,10 @@ def test_the_memory_bank_keeps_the_newest_images():
         ({"diversity": -0.5}, "diversity"),
         ({"meta_rate": 0.0}, "meta_rate"),
         ({"meta_rate": 1.5}, "meta_rate"),
-        ({"bank_start": 0}, "bank_start"),
-        ({"bank_start": 41}, "bank_start"),
+        ({"initial_bank": 0}, "initial_bank"),
+        ({"initial_bank": 41}, "initial_bank"),
+        ({"initial_bank": 2, "bank_size": 256}, "bank_size"),
+        ({"meta_rate": True}, "meta_rate"),
     ],
 )
 def test_bad_generator_settings_are_named(changes, message):

@@ -64,6 +64,8 @@ def generator_ablation() -> list[tuple[str, Recipe, bool]]:
     two_steps = _online(online, steps_per_batch=2)
     diverse = _online(disagreement, diversity=1.0)
     meta_start = _online(two_steps, meta_rate=0.5)
+    full_start = _online(disagreement, initial_bank=4)
+    long_warmup = _online(full_start, warmup_steps=100, initial_bank=16)
     longer = _kd(online, batch_size=64, epochs=40)
     return [
         (
@@ -82,6 +84,12 @@ def generator_ablation() -> list[tuple[str, Recipe, bool]]:
             diverse,
             False,
         ),
+        (
+            "+ the memory bank starts with the warm-up's last 4 batches (1,024 images) instead of its last one",
+            full_start,
+            False,
+        ),
+        ("+ a 100-step warm-up whose last 16 batches (4,096 images) start the memory bank", long_warmup, False),
         (
             "instead of the disagreement term (on the first row): a memory bank of the newest 2,048 images only",
             recent,
@@ -137,6 +145,11 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ("+ peak lr 0.2 instead of 0.1", _kd(more_steps, lr=0.2), False),
         ("+ feature weight 0.3 instead of 1", _kd(more_steps, feature_weight=0.3), False),
         ("+ crops padded by 8 pixels instead of 4", _kd(more_steps, crop_padding=8), False),
+        (
+            "preset `default` again, on the fresh dream set the next two rows share",
+            more_steps,
+            True,
+        ),
         ("+ peak lr 0.03 instead of 0.1", _kd(more_steps, lr=0.03), False),
         ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, warmup=2.0), False),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs", more_full_dreams, False),
@@ -208,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join(["benchmarks/recipe.py", *(argv if argv is not None else sys.argv[1:])])
     stem = args.out / ABLATIONS[args.ablation]
-    earlier = json.loads(stem.with_suffix(".json").read_text()) if args.append else {"rows": []}
+    appending = args.append and stem.with_suffix(".json").is_file()
+    earlier = json.loads(stem.with_suffix(".json").read_text()) if appending else {"rows": []}
     measured = {r["idea"]: r for r in earlier["rows"]}
     record = {
-        "commands": [*(earlier.get("commands") or [earlier["command"]] if args.append else []), command],
+        "commands": [*(earlier.get("commands") or [earlier["command"]] if appending else []), command],
         "device": str(dfkd.resolve_device(args.device)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -223,40 +237,48 @@ def main(argv: list[str] | None = None) -> int:
     rows = record["rows"]
     started = time.perf_counter()
     for idea, recipe, kept in rows_of():
-        key = _key(recipe)
-        finished = args.cache / f"row-{key}.json"
+        finished = args.cache / f"row-{_key(recipe)}.json"
         if idea in measured or finished.is_file():  # in the results already, or measured before an interruption
             rows.append((measured.get(idea) or json.loads(finished.read_text())) | {"idea": idea, "kept": kept})
             continue
-        dream_file = args.cache / f"dreams-{_key(recipe.dream)}.pt"
-        if recipe.dream not in dreams_by_setting and dream_file.is_file():
-            dreams_by_setting[recipe.dream] = dfkd.DreamSet.load(dream_file)
         fresh = recipe.generator is not None or not any(
             r["recipe"]["dream"] == dataclasses.asdict(recipe.dream) for r in rows
         )
-        row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": fresh, "recovered": {}}
-        refit_distill_s = []
-        for sparsity in ABLATION_SPARSITIES[args.ablation]:
-            config = dfkd.RecoveryConfig(
-                teacher=str(teacher), data=str(data), sparsity=sparsity, recipe=recipe, baselines=(), device=args.device
-            )
-            online = recipe.generator is not None  # a generator dreams anew in every run: nothing to share
-            result = dfkd.run_recovery(config, dreams=None if online else dreams_by_setting.get(recipe.dream))
-            if not online and recipe.dream not in dreams_by_setting:
-                result.dreams.save(dream_file)
-                dreams_by_setting[recipe.dream] = result.dreams
-            row["recovered"][f"{sparsity}"] = round(result.recovered_acc, 2)
-            row["teacher_acc"], row[f"pruned_{sparsity}"] = round(result.teacher_acc, 2), round(result.pruned_acc, 2)
-            row["dreams_teacher_top1"] = round(result.dreams.teacher_top1, 1)
-            refit_distill_s.append(result.timings["distill"] + result.timings.get("refit", 0.0))
-        row["dream_s"] = result.dreams.seconds
-        row["refit_distill_s"] = sum(refit_distill_s) / len(refit_distill_s)
+        row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": fresh}
+        row |= _measure(recipe, ABLATION_SPARSITIES[args.ablation], args, dreams_by_setting)
         rows.append(row)
         finished.write_text(json.dumps(row))
         print(f"{idea}: {row['recovered']} ({time.perf_counter() - started:.0f} s so far)", flush=True)
         _write(stem, record)
     print(_write(stem, record))
     return 0
+
+
+def _measure(recipe: Recipe, sparsities: tuple[float, ...], args: argparse.Namespace, dreams_by_setting: dict) -> dict:
+    """One row's figures: the recipe run at every sparsity on the ablation's teacher. A fixed dream set is
+    made once per dream setting and kept in ``args.cache``; a generator dreams anew in every run."""
+    teacher, data = args.shared / TEACHER, args.shared / DATA
+    dream_file = args.cache / f"dreams-{_key(recipe.dream)}.pt"
+    online = recipe.generator is not None
+    if not online and recipe.dream not in dreams_by_setting and dream_file.is_file():
+        dreams_by_setting[recipe.dream] = dfkd.DreamSet.load(dream_file)
+    row: dict = {"recovered": {}}
+    refit_distill_s = []
+    for sparsity in sparsities:
+        config = dfkd.RecoveryConfig(
+            teacher=str(teacher), data=str(data), sparsity=sparsity, recipe=recipe, baselines=(), device=args.device
+        )
+        result = dfkd.run_recovery(config, dreams=None if online else dreams_by_setting.get(recipe.dream))
+        if not online and recipe.dream not in dreams_by_setting:
+            result.dreams.save(dream_file)
+            dreams_by_setting[recipe.dream] = result.dreams
+        row["recovered"][f"{sparsity}"] = round(result.recovered_acc, 2)
+        row["teacher_acc"], row[f"pruned_{sparsity}"] = round(result.teacher_acc, 2), round(result.pruned_acc, 2)
+        row["dreams_teacher_top1"] = round(result.dreams.teacher_top1, 1)
+        refit_distill_s.append(result.timings["distill"] + result.timings.get("refit", 0.0))
+    row["dream_s"] = result.dreams.seconds
+    row["refit_distill_s"] = sum(refit_distill_s) / len(refit_distill_s)
+    return row
 
 
 def _write(stem: Path, record: dict) -> str:

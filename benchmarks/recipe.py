@@ -151,7 +151,7 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
             True,
         ),
         ("+ peak lr 0.03 instead of 0.1", _kd(more_steps, lr=0.03), False),
-        ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, warmup=2.0), False),
+        ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, lr_warmup=2.0), False),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs", more_full_dreams, False),
         ("+ twice as long: 60 epochs", patient, True),
         ("+ twice the dreams (2,048 x 200) = preset `best`", patient_more_dreams, True),

@@ -56,18 +56,31 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+KNOB_WORDS = {  # generator knobs named in a recipe's words when they differ from the library's defaults
+    "adi": "disagreement weight",
+    "diversity": "diversity weight",
+    "meta_rate": "meta rate",
+    "steps_per_batch": "steps per batch",
+    "initial_bank": "initial bank of batches",
+    "bank_size": "bank of images",
+}
+
+
 def recipe_words(recipe: dict) -> str:
     """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
     dream, kd, online = recipe["dream"], recipe["distill"], recipe.get("generator")
     if online:
         made = f"a generator ({online['warmup_steps']}-step warm-up, a fresh batch of {online['batch_size']} every "
-        made += f"{online['distill_steps']} student steps)"
+        made += f"{online['distill_steps']} student steps"
+        defaults = dataclasses.asdict(dfkd.GeneratorConfig())
+        changed = {k: v for k, v in online.items() if k in KNOB_WORDS and v != defaults[k]}
+        made += "".join(f", {KNOB_WORDS[k]} {v:g}" for k, v in changed.items()) + ")"
     else:
         made = f"{dream['num_images']:,} dreams x {dream['steps']} steps"
     words = (
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}"
-        + (f" after a {kd['warmup']:g}-epoch warm-up" if kd["warmup"] else "")
+        + (f" after a {kd['lr_warmup']:g}-epoch lr warm-up" if kd["lr_warmup"] else "")
         + ", "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
         + (", student dropout on" if kd["dropout"] else "")

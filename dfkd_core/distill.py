@@ -54,7 +54,7 @@ class DistillConfig:
     epochs: int = knob(30, "passes over the transfer set")
     batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
     lr: float = knob(0.1, "SGD peak learning rate, cosine-annealed to zero over all steps")
-    warmup: float = knob(0.0, "epochs over which the learning rate rises linearly from 0 to its peak")
+    lr_warmup: float = knob(0.0, "epochs at the start over which the learning rate ramps up linearly to the schedule")
     momentum: float = knob(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
     temperature: float = knob(4.0, "softmax temperature T of the KL loss (scaled by T^2)")
@@ -70,10 +70,12 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
-        require_finite(self, "distill", "lr", "warmup", "momentum", "weight_decay", "feature_weight")
+        require_finite(self, "distill", "lr", "lr_warmup", "momentum", "weight_decay", "feature_weight")
         require_finite(self, "distill", "temperature", positive=True)
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
+        if self.lr_warmup > self.epochs:
+            raise ValueError(f"distill lr_warmup ({self.lr_warmup}) cannot exceed the {self.epochs} epochs")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"distill bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got {self.bn_mode!r}")
 
@@ -323,7 +325,9 @@ def iter_distill(
         nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(total, config.warmup * (total / config.epochs)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(total, config.lr_warmup * (total / config.epochs))
+    )
     kept = _shared_bn_names(student, teacher) if config.feature_weight > 0 else {}
     taps = (_FeatureTaps(student, list(kept)), _FeatureTaps(teacher, list(kept)))
     session = _Session(

@@ -447,7 +447,7 @@ def test_the_stored_example_is_small_current_and_shown_on_load():
     current = json.loads(json.dumps(dataclasses.asdict(BUDGETS[EXAMPLE_BUDGET].recipe)))
     recorded = {"generator": None, **recording["recipe"]}  # recorded before recipes could name a generator
     recorded["distill"] = {"dropout": False, **recorded["distill"]}  # ... and before the knob: a ResNet has no dropout
-    recorded["distill"] = {"warmup": 0.0, **recorded["distill"]}  # ... and before warm-up: recorded without one
+    recorded["distill"] = {"lr_warmup": 0.0, **recorded["distill"]}  # ... and before warm-up: recorded without one
     assert recorded == current, "the budget's recipe changed: run demo/example.py again"
     assert snapshot.step == snapshot.total == SHOWCASE_STEPS and len(snapshot.images) == 20
     shown = example_outputs()

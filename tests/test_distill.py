@@ -125,22 +125,22 @@ def test_dropout_is_off_unless_asked_for(dropout):
     assert not torch.equal(student.features[1].running_mean, teacher.features[1].running_mean)
 
 
-@pytest.mark.parametrize("warmup", [0.0, 1.0])
-def test_learning_rate_warms_up_then_decays(teacher, warmup):
+@pytest.mark.parametrize("lr_warmup", [0.0, 1.0])
+def test_learning_rate_warms_up_then_decays(teacher, lr_warmup):
     """With a warm-up of one epoch the rate climbs over that epoch's steps; without one it starts at the peak."""
     rates = []
     hook = register_optimizer_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
     try:
-        config = DistillConfig(epochs=3, batch_size=4, lr=0.1, warmup=warmup)
+        config = DistillConfig(epochs=3, batch_size=4, lr=0.1, lr_warmup=lr_warmup)
         distill(
             prune_model(teacher.model, 0.5), teacher.model, torch.rand(16, 3, 32, 32), teacher.normalization, config
         )
     finally:
         hook.remove()
     assert len(rates) == 12 and rates[-1] < 0.01, "3 epochs of 4 steps, cosine-annealed towards zero"
-    rising = rates[:5] if warmup else rates[:1]
+    rising = rates[:5] if lr_warmup else rates[:1]
     assert all(a < b for a, b in zip(rising, rising[1:])), rates
-    assert rates[0] == pytest.approx(0.1 / 5 if warmup else 0.1), rates
+    assert rates[0] == pytest.approx(0.1 / 5 if lr_warmup else 0.1), rates
     assert max(rates) <= 0.1 and all(a >= b for a, b in zip(rates[4:], rates[5:])), rates
 
 
@@ -180,7 +180,8 @@ def test_empty_transfer_set(teacher):
         ("bn_mode", "moving"),
         ("lr", float("nan")),
         ("crop_padding", -1),
-        ("warmup", -1.0),
+        ("lr_warmup", -1.0),
+        ("lr_warmup", 31.0),
     ],
 )
 def test_config_rejects_bad_values(field, value):

@@ -46,7 +46,7 @@ def test_warmup_events_and_the_first_batch_of_the_bank(teacher):
     assert dreams.settings["synthesis"] == "generator" and dreams.steps == 4
 
 
-def test_the_initial_banks_with_the_warmups_last_batches(teacher):
+def test_the_initial_bank_holds_the_warmups_last_batches(teacher):
     def warm(initial_bank):
         stream = DreamStream(teacher, dataclasses.replace(SMALL, initial_bank=initial_bank), seed=0)
         try:

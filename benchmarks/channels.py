@@ -176,6 +176,31 @@ def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> l
     return points
 
 
+def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSet]) -> dfkd.RecoveryResult:
+    """One row run by the library; a fixed dream set is shared per teacher (and kept in ``--dream-cache``),
+    a generator dreams anew."""
+    row = ROWS[name]
+    recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill, synthesis=row.synthesis)
+    online = recipe.generator is not None
+    if not online and row.teacher not in dreams and (cached := cached_dreams(args.dream_cache, row.teacher, recipe)):
+        dreams[row.teacher] = cached
+    config = dfkd.RecoveryConfig(
+        teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
+        data=str(args.shared / "data" / "cifar10-jpeg"),
+        sparsity=row.sparsity,
+        scope=row.scope,
+        granularity=row.granularity,
+        recipe=recipe,
+        baselines=row.baselines,
+        device=args.device,
+    )
+    result = dfkd.run_recovery(config, dreams=None if online else dreams.get(row.teacher))
+    if not online:
+        keep_dreams(args.dream_cache, row.teacher, result.dreams)
+        dreams[row.teacher] = result.dreams
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
@@ -203,32 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     started = time.perf_counter()
     for name in args.rows:
-        row = ROWS[name]
-        recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill, synthesis=row.synthesis)
-        online = recipe.generator is not None
-        if (
-            not online
-            and row.teacher not in dreams
-            and (cached := cached_dreams(args.dream_cache, row.teacher, recipe))
-        ):
-            dreams[row.teacher] = cached
-        config = dfkd.RecoveryConfig(
-            teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
-            data=str(data),
-            sparsity=row.sparsity,
-            scope=row.scope,
-            granularity=row.granularity,
-            recipe=recipe,
-            baselines=row.baselines,
-            device=args.device,
-        )
-        result = dfkd.run_recovery(config, dreams=None if online else dreams.get(row.teacher))
-        if not online:
-            keep_dreams(args.dream_cache, row.teacher, result.dreams)
-            dreams[row.teacher] = result.dreams
+        result = _run_row(name, args, dreams)
         report = result.report()
         report.pop("layers")
-        report.update(name=name, teacher_name=row.teacher)
+        report.update(name=name, teacher_name=ROWS[name].teacher)
         rows.append(report)
         fresh = {r["name"]: r for r in rows}
         merged = [fresh.pop(r["name"], r) for r in earlier["rows"]] + list(fresh.values())  # a rerun replaces its row

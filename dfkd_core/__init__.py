@@ -4,6 +4,7 @@ The method, top-down (one module per stage):
 
     zoo       load_teacher, list_teachers      a pretrained teacher (registry id or checkpoint)
     prune     prune_model, make_permanent      L1 magnitude pruning of weights, or of whole channels -> the student
+              GradualPruning                   ... or of weights a little more at each distillation epoch
     dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
     generator DreamStream, iter_warmup         a generator that dreams a fresh batch every few distillation steps
     refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams
@@ -44,7 +45,7 @@ from .generator import DreamStream, GeneratorConfig, iter_warmup
 from .outputs import write_outputs
 from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, run_recovery, with_overrides
 from .progress import ProgressBars
-from .prune import make_permanent, prune_model, sparsity_report
+from .prune import GradualPruning, make_permanent, prune_model, sparsity_report
 from .refit import RefitConfig, iter_refit, refit
 from .zoo import Normalization, Teacher, list_teachers, load_checkpoint, load_teacher, save_checkpoint
 
@@ -57,6 +58,7 @@ __all__ = [
     "Event",
     "Finished",
     "GeneratorConfig",
+    "GradualPruning",
     "ImageSet",
     "ImagesReady",
     "Metric",

@@ -10,7 +10,9 @@ Training images are whatever the caller passes: a fixed tensor set (dreams for r
 noise or a handful of real images for the baselines), or a :class:`~dfkd_core.generator.ImageStream`
 (a generator) that dreams a fresh batch every few steps (online distillation: the student samples its batches
 from a memory bank the fresh batches join). This module never loads data itself.
-Pruning masks stay attached, so pruned weights remain exactly zero throughout.
+Pruning masks stay attached, so pruned weights remain exactly zero throughout; with a
+:class:`~dfkd_core.prune.GradualPruning` schedule the student loses more of them at the start of each
+epoch until it reaches the target sparsity.
 
 BatchNorm policy (``bn_mode``):
 
@@ -38,6 +40,7 @@ from ._knobs import knob, require_finite, require_positive_int
 from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
 from .generator import ImageStream
+from .prune import GradualPruning
 from .zoo import Normalization
 
 __all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "iter_distill"]
@@ -66,6 +69,10 @@ class DistillConfig:
     dropout: bool = knob(
         False, "keep the student's dropout on while distilling (off: on costs VGG-11 3.1 points at 50%)"
     )
+    gradual_epochs: int = knob(
+        0, "epochs over which the student is pruned gradually up to the target sparsity (0 = one cut beforehand)"
+    )
+    gradual_start: float = knob(0.5, "sparsity gradual pruning starts from (the target sparsity when that is lower)")
     eval_every: int = knob(1, "epochs between evaluations of the curve (the last epoch is always evaluated)")
 
     def __post_init__(self) -> None:
@@ -74,6 +81,15 @@ class DistillConfig:
         require_finite(self, "distill", "temperature", positive=True)
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
+        if isinstance(self.gradual_epochs, bool) or not isinstance(self.gradual_epochs, int):
+            raise ValueError(f"distill gradual_epochs must be a whole number >= 0, got {self.gradual_epochs!r}")
+        if not 0 <= self.gradual_epochs <= self.epochs:
+            raise ValueError(
+                f"distill gradual_epochs must be in [0, {self.epochs}] (the epochs), got {self.gradual_epochs}"
+            )
+        require_finite(self, "distill", "gradual_start")
+        if self.gradual_start >= 1:
+            raise ValueError(f"distill gradual_start must be a sparsity in [0, 1), got {self.gradual_start!r}")
         if self.lr_warmup > self.epochs:
             raise ValueError(f"distill lr_warmup ({self.lr_warmup}) cannot exceed the {self.epochs} epochs")
         if self.bn_mode not in BN_MODES:
@@ -201,6 +217,7 @@ class _Session:
     generator: torch.Generator
     device: torch.device
     stage: Stage
+    gradual: GradualPruning | None = None  # prune further at the start of each epoch (None = pruned once)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -243,6 +260,9 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     images, total = session.images, config.epochs * session.steps_per_epoch
     order = torch.randperm(len(images), generator=session.generator) if isinstance(images, torch.Tensor) else None
     epoch_loss, seen = 0.0, 0
+    shown = {"epoch": epoch}
+    if session.gradual is not None:
+        shown["sparsity"] = session.gradual.step(student, epoch)
     for i in range(session.steps_per_epoch):
         step = (epoch - 1) * session.steps_per_epoch + i + 1
         if order is not None:
@@ -268,7 +288,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         session.schedule.step()
         epoch_loss += value * len(batch)
         seen += len(batch)
-        yield Progress(session.stage, step, total, {"loss": value, "epoch": epoch})
+        yield Progress(session.stage, step, total, {"loss": value, **shown})
     return epoch_loss / seen
 
 
@@ -309,11 +329,15 @@ def iter_distill(
     seed: int = 0,
     stage: Stage = Stage.DISTILL,
     network: Network = Network.RECOVERED,
+    gradual: GradualPruning | None = None,
 ) -> Generator[Event, None, DistillResult]:
     """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
     student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
-    logged as ``network`` (the recovered student, or the baseline being trained)."""
+    logged as ``network`` (the recovered student, or the baseline being trained). With ``gradual``,
+    the student is pruned further at the start of each epoch (its sparsity joins the progress metrics)."""
     what = _transfer_set(images, config)
+    if gradual is not None:
+        what += f", pruned from {gradual.first:.0%} to {gradual.target:.0%} over {gradual.epochs} epochs"
     device = torch.device(device)
     teacher = teacher.to(device).eval()
     student = student.to(device)
@@ -343,6 +367,7 @@ def iter_distill(
         torch.Generator().manual_seed(seed),
         device,
         stage,
+        gradual,
     )
     result = DistillResult()
     yield StageStarted(stage, total, what)
@@ -374,15 +399,25 @@ def distill(
     device: str | torch.device = "cpu",
     seed: int = 0,
     callback: Callable[[Event], None] | None = None,
+    gradual: GradualPruning | None = None,
 ) -> DistillResult:
     """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]), or on the fresh
     batches of a :class:`~dfkd_core.generator.ImageStream` (online distillation).
 
     ``evaluate_fn(student) -> accuracy`` is called every ``config.eval_every`` epochs and
     its values form ``DistillResult.history``. ``callback(event)`` sees every event.
+    ``gradual`` prunes the student further at the start of each epoch (see :class:`~dfkd_core.prune.GradualPruning`).
     Raises ``FloatingPointError`` as soon as the loss is NaN or infinite.
     """
     events = iter_distill(
-        student, teacher, images, normalization, config, evaluate_fn=evaluate_fn, device=device, seed=seed
+        student,
+        teacher,
+        images,
+        normalization,
+        config,
+        evaluate_fn=evaluate_fn,
+        device=device,
+        seed=seed,
+        gradual=gradual,
     )
     return drain(events, callback)

@@ -16,6 +16,10 @@ then the fraction of MACs removed, and the network really gets smaller and faste
 
 For weights, masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
+
+Weights can also go gradually (:class:`GradualPruning`, Zhu & Gupta, "To prune, or not to prune", 2017):
+the student starts less sparse and loses more weights at each distillation epoch on a cubic schedule, so it
+adapts to each cut before the next; at high sparsity this recovers more than one cut before distillation.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.nn.utils import prune as torch_prune
 __all__ = [
     "GRANULARITIES",
     "SCOPES",
+    "GradualPruning",
     "LayerSparsity",
     "check_granularity",
     "check_scope",
@@ -156,6 +161,48 @@ def make_permanent(model: nn.Module) -> nn.Module:
         if torch_prune.is_pruned(m) and hasattr(m, "weight_orig"):
             torch_prune.remove(m, "weight")
     return model
+
+
+@dataclass(frozen=True)
+class GradualPruning:
+    """Prune a model in steps, one per epoch, from ``start`` to ``target`` sparsity over ``epochs`` epochs.
+
+    The sparsity before epoch ``e`` (from 1) follows Zhu & Gupta's cubic schedule: it rises fast while the
+    network still has many redundant weights and slowly near the target, which it reaches at the start of
+    epoch ``epochs + 1``. Each step prunes the surviving weights by magnitude with the run's ``scope``.
+    """
+
+    target: float
+    start: float
+    epochs: int
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.target)
+        check_sparsity(self.start)
+        check_scope(self.scope)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"gradual pruning needs a whole number of epochs >= 1, got {self.epochs!r}")
+
+    @property
+    def first(self) -> float:
+        """The sparsity the student starts from: ``start``, or the target when that is lower."""
+        return min(self.start, self.target)
+
+    def sparsity_at(self, epoch: int) -> float:
+        """The sparsity the model should have at the start of ``epoch`` (from 1)."""
+        left = 1.0 - min(1.0, (epoch - 1) / self.epochs)
+        return self.target + (self.first - self.target) * left**3
+
+    def step(self, model: nn.Module, epoch: int) -> float:
+        """Prune ``model`` (in place, masks composing) up to :meth:`sparsity_at` ``epoch``; returns its sparsity."""
+        now = measured_sparsity(model)
+        wanted = self.sparsity_at(epoch)
+        if wanted > now:
+            # masks compose: the new cut is a fraction of the weights still alive
+            prune_model(model, (wanted - now) / (1.0 - now), self.scope, inplace=True)
+            now = measured_sparsity(model)
+        return now
 
 
 @dataclass(frozen=True)

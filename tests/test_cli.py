@@ -240,6 +240,17 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         capsys,
         "refit settings (damping) given, but this recipe does not refit",
     )
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--refit", "--distill-gradual-epochs", "1"],
+        capsys,
+        "the refit fits a student pruned in one cut",
+        "--distill-gradual-epochs 0",
+    )
+    _bad(
+        [*base, "--teacher", str(teacher_checkpoint), "--distill-gradual-epochs", "99"],
+        capsys,
+        "gradual_epochs must be in [0,",
+    )
     if not torch.cuda.is_available():
         _bad([*base, "--teacher", str(teacher_checkpoint), "--device", "cuda"], capsys, "no CUDA device is available")
     assert not out.exists(), "a run that fails before dreaming leaves nothing behind"

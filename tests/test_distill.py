@@ -6,9 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from dfkd_core import DistillConfig, MetricLogged, Normalization, create_model, distill, prune_model
+from dfkd_core import (
+    DistillConfig,
+    GradualPruning,
+    MetricLogged,
+    Normalization,
+    Progress,
+    create_model,
+    distill,
+    prune_model,
+)
 from dfkd_core.distill import augment, cutmix
-from dfkd_core.prune import prunable_layers
+from dfkd_core.prune import measured_sparsity, prunable_layers
 
 FAST = DistillConfig(epochs=2, batch_size=16, lr=0.01)
 
@@ -43,6 +52,34 @@ def test_pruned_weights_stay_exactly_zero(teacher):
         assert (m.weight[masks[name] == 0] == 0).all(), f"pruned weights of {name} revived"
         moved |= not torch.equal(m.weight_orig[masks[name] == 1], before[name][masks[name] == 1])
     assert moved, "the surviving weights were trained"
+
+
+def test_gradual_pruning_cuts_more_at_each_epoch_and_never_revives_a_weight(teacher):
+    schedule = GradualPruning(target=0.9, start=0.5, epochs=2)
+    student = prune_model(teacher.model, schedule.first)
+    cut: dict[str, torch.Tensor] = {}
+
+    def remember_cuts(event):
+        if isinstance(event, Progress) and event.step % 3 == 0:  # the last step of an epoch
+            for name, m in prunable_layers(student):
+                assert (m.weight[m.weight_mask == 0] == 0).all()
+                assert not m.weight_mask[cut.get(name, torch.ones_like(m.weight_mask)) == 0].any()
+                cut[name] = m.weight_mask.clone()
+
+    events = []
+    config = DistillConfig(epochs=3, batch_size=16, lr=0.05, gradual_epochs=2)
+    distill(
+        student,
+        teacher.model,
+        torch.rand(48, 3, 32, 32),
+        teacher.normalization,
+        config,
+        gradual=schedule,
+        callback=lambda e: (events.append(e), remember_cuts(e)),
+    )
+    shown = [e.metrics["sparsity"] for e in events if isinstance(e, Progress) and e.step % 3 == 1]
+    assert shown == pytest.approx([0.5, 0.85, 0.9], abs=1e-3), "the sparsity of every epoch is shown"
+    assert measured_sparsity(student) == pytest.approx(0.9, abs=1e-3)
 
 
 def test_student_moves_towards_the_teacher(teacher):
@@ -182,6 +219,10 @@ def test_empty_transfer_set(teacher):
         ("crop_padding", -1),
         ("lr_warmup", -1.0),
         ("lr_warmup", 31.0),
+        ("gradual_epochs", 31),
+        ("gradual_epochs", -1),
+        ("gradual_epochs", 2.5),
+        ("gradual_start", 1.0),
     ],
 )
 def test_config_rejects_bad_values(field, value):

@@ -204,6 +204,9 @@ EVERY_COMPONENT = Recipe(  # each optional part on: ADI, the refit, cutmix, feat
     RefitConfig(num_images=16, batch_size=8),
 )
 FROZEN = replace(EVERY_COMPONENT, distill=replace(EVERY_COMPONENT.distill, cutmix=False, bn_mode="frozen"))
+GRADUAL = replace(  # pruned from 20% to the target during distillation, without the refit (which needs one cut)
+    EVERY_COMPONENT, distill=replace(EVERY_COMPONENT.distill, gradual_epochs=1, gradual_start=0.2), refit=None
+)
 GENERATOR = replace(  # online: a generator dreams fresh batches during distillation, with the disagreement term
     EVERY_COMPONENT,
     generator=GeneratorConfig(
@@ -213,7 +216,9 @@ GENERATOR = replace(  # online: a generator dreams fresh batches during distilla
 
 
 @pytest.mark.parametrize(
-    "recipe", [TINY, EVERY_COMPONENT, FROZEN, GENERATOR], ids=["tiny", "every-component", "frozen", "generator"]
+    "recipe",
+    [TINY, EVERY_COMPONENT, FROZEN, GRADUAL, GENERATOR],
+    ids=["tiny", "every-component", "frozen", "gradual", "generator"],
 )
 def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch, recipe):
     """The data-free guarantee: load, prune, dream, refit, distill and the noise baseline run with
@@ -324,6 +329,30 @@ def test_a_recipe_without_refit_skips_the_stage(teacher_checkpoint, image_root):
     assert "refit" not in result.timings
 
 
+def test_gradual_pruning_reaches_the_target_during_distillation(teacher_checkpoint, image_root):
+    config = replace(tiny_config(teacher_checkpoint, image_root), sparsity=0.8, recipe=GRADUAL)
+    events = list(recover(config))
+    result = events[-1].result
+    described = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.DISTILL]
+    assert described[0].endswith("pruned from 20% to 80% over 1 epochs")
+    cut = next(e for e in events if isinstance(e, StageFinished) and e.stage is Stage.PRUNE).summary["sparsity"]
+    assert result.sparsity == pytest.approx(0.8, abs=1e-3) and cut == pytest.approx(0.8, abs=1e-3)
+    assert sum(layer.removed for layer in result.layers) == sum(
+        int((m.weight == 0).sum())
+        for m in result.student.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ), "the report describes the student's own sparsity"
+    assert result.baselines["noise"] is not None
+
+
+def test_gradual_pruning_is_refused_with_the_refit_and_skipped_for_channels(teacher_checkpoint, image_root):
+    with pytest.raises(ValueError, match="refit"):
+        replace(tiny_config(teacher_checkpoint, image_root), recipe=replace(GRADUAL, refit=RefitConfig()))
+    config = tiny_config(teacher_checkpoint, image_root, granularity="channel", baselines=())
+    events = list(recover(replace(config, recipe=GRADUAL)))
+    assert any(isinstance(e, Notice) and "gradual pruning is for weights" in e.message for e in events)
+
+
 def test_presets():
     assert list(PRESETS) == ["quick", "default", "best"]
     assert get_preset("default") == Recipe()
@@ -366,6 +395,15 @@ def test_with_overrides_switches_the_refit_on_and_off():
     assert with_overrides(PRESETS["quick"], {"steps": 5}).refit == PRESETS["quick"].refit
     with pytest.raises(ValueError, match="does not refit"):
         with_overrides(PRESETS["default"], refit={"damping": 0.1})
+
+
+def test_fewer_epochs_keep_the_share_of_them_pruned_gradually():
+    best = PRESETS["best"].distill
+    assert best.gradual_epochs and best.gradual_epochs < best.epochs, "best prunes gradually, then fine-tunes"
+    shorter = with_overrides(PRESETS["best"], distill={"epochs": best.epochs // 2}).distill
+    assert shorter.gradual_epochs == round(best.gradual_epochs / 2)
+    assert with_overrides(PRESETS["best"], distill={"epochs": 6, "gradual_epochs": 0}).distill.gradual_epochs == 0
+    assert with_overrides(PRESETS["default"], distill={"epochs": 6}).distill.gradual_epochs == 0
 
 
 @pytest.mark.parametrize("seed", [-1, 2**63 - 1, 2**64, 1.5, True])

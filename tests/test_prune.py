@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_core import create_model, make_permanent, prune_model, sparsity_report
+from dfkd_core import GradualPruning, create_model, make_permanent, prune_model, sparsity_report
 from dfkd_core.prune import clone_model, count_nonzero_parameters, lamp_scores, measured_sparsity, prunable_layers
 
 
@@ -101,3 +101,25 @@ def test_pruned_models_can_be_cloned_after_training_steps():
     pruned(torch.randn(2, 3, 32, 32)).sum().backward()  # leaves weight = orig * mask with a graph
     clone = clone_model(pruned)
     assert torch.equal(clone.fc.weight_mask, pruned.fc.weight_mask)
+
+
+def test_gradual_pruning_follows_the_cubic_schedule_to_the_target():
+    schedule = GradualPruning(target=0.9, start=0.5, epochs=4)
+    targets = [schedule.sparsity_at(epoch) for epoch in range(1, 8)]
+    assert targets[0] == 0.5 and targets[4:] == [0.9, 0.9, 0.9]
+    steps = [b - a for a, b in zip(targets, targets[1:4])]
+    assert steps == sorted(steps, reverse=True), "fast while many weights are redundant, slow near the target"
+    model = prune_model(create_model("resnet20"), schedule.first)
+    cut_before: dict[str, torch.Tensor] = {}
+    for epoch in range(1, 7):
+        assert schedule.step(model, epoch) == pytest.approx(schedule.sparsity_at(epoch), abs=1e-4)
+        for name, m in prunable_layers(model):
+            assert not m.weight_mask[cut_before.get(name, torch.ones_like(m.weight_mask)) == 0].any(), "cuts compose"
+            cut_before[name] = m.weight_mask.clone()
+    assert GradualPruning(0.3, 0.5, 4).sparsity_at(1) == 0.3, "never starts above the target"
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"epochs": True}, {"target": 1.0}, {"start": -0.1}, {"scope": "x"}])
+def test_gradual_pruning_refuses_bad_settings(bad):
+    with pytest.raises(ValueError):
+        GradualPruning(**{"target": 0.9, "start": 0.5, "epochs": 4, **bad})

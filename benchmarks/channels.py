@@ -14,6 +14,7 @@ Rows (``--rows``, by name):
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
     resnet20-50-generator, resnet56-50-generator   a generator's fresh batches instead of a fixed dream set
+    resnet20-50-long           twice the distillation epochs (60): does a slimmer student need a longer recipe?
 
 ``--weights-from results/recovery.json`` takes the weight-pruning points of the plot from the recovery
 benchmark's rows instead (the same default recipe and teacher), counting their nonzero parameters here.
@@ -72,6 +73,7 @@ ROWS = {
     "resnet56-weights-90": Row("resnet56", 0.9, granularity="weight"),
     "resnet20-50-generator": Row("resnet20", 0.5, synthesis="generator"),
     "resnet56-50-generator": Row("resnet56", 0.5, synthesis="generator"),
+    "resnet20-50-long": Row("resnet20", 0.5, distill={"epochs": 60}),
 }
 
 

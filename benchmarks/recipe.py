@@ -103,6 +103,11 @@ def generator_ablation() -> list[tuple[str, Recipe, bool]]:
             False,
         ),
         ("instead (on the first row): batches of 64, 40 epochs (2.7x the student's images)", longer, False),
+        (
+            "+ gradual pruning (on the second row): from 50% up to the target over the first 25 of the 30 epochs",
+            _kd(disagreement, gradual_epochs=25),
+            False,
+        ),
     ]
 
 
@@ -152,9 +157,20 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
         ),
         ("+ peak lr 0.03 instead of 0.1", _kd(more_steps, lr=0.03), False),
         ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, lr_warmup=2.0), False),
+        (
+            "+ gradual pruning: from 50% up to the target over the first 25 of the 30 epochs (Zhu & Gupta's cubic "
+            "schedule; in `best`, below)",
+            _kd(more_steps, gradual_epochs=25),
+            False,
+        ),
         ("+ instead twice the dreams (2,048 x 200), 30 epochs", more_full_dreams, False),
         ("+ twice as long: 60 epochs", patient, True),
-        ("+ twice the dreams (2,048 x 200) = preset `best`", patient_more_dreams, True),
+        ("+ twice the dreams (2,048 x 200)", patient_more_dreams, True),
+        (
+            "+ gradual pruning from 50% up to the target over the first 50 of the 60 epochs = preset `best`",
+            _kd(patient_more_dreams, gradual_epochs=50),
+            True,
+        ),
     ]
 
 
@@ -225,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads(stem.with_suffix(".json").read_text()) if appending else {"rows": []}
     measured = {r["idea"]: r for r in earlier["rows"]}
     record = {
-        "commands": [*(earlier.get("commands") or [earlier["command"]] if appending else []), command],
+        "commands": list(
+            dict.fromkeys([*(earlier.get("commands") or [earlier["command"]] if appending else []), command])
+        ),
         "device": str(dfkd.resolve_device(args.device)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -241,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if idea in measured or finished.is_file():  # in the results already, or measured before an interruption
             rows.append((measured.get(idea) or json.loads(finished.read_text())) | {"idea": idea, "kept": kept})
             continue
-        fresh = recipe.generator is not None or not any(
-            r["recipe"]["dream"] == dataclasses.asdict(recipe.dream) for r in rows
-        )
+        made_before = recipe.dream in dreams_by_setting or (args.cache / f"dreams-{_key(recipe.dream)}.pt").is_file()
+        fresh = recipe.generator is not None or not made_before  # dreamed for this row, not shared with another
         row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": fresh}
         row |= _measure(recipe, ABLATION_SPARSITIES[args.ablation], args, dreams_by_setting)
         rows.append(row)

@@ -81,6 +81,11 @@ def recipe_words(recipe: dict) -> str:
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}"
         + (f" after a {kd['lr_warmup']:g}-epoch lr warm-up" if kd["lr_warmup"] else "")
+        + (
+            f", pruned gradually from {kd['gradual_start']:.0%} over {kd['gradual_epochs']} epochs"
+            if kd.get("gradual_epochs")
+            else ""
+        )
         + ", "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
         + (", student dropout on" if kd["dropout"] else "")
@@ -156,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
     parser.add_argument("--synthesis", choices=["generator", "deepinversion"], help="override the preset's synthesis")
     parser.add_argument(
+        "--gradual-epochs", type=int, help="override the preset's distill gradual_epochs (0 = pruned in one cut)"
+    )
+    parser.add_argument(
         "--baselines",
         nargs="*",
         default=["noise", "real"],
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     data = args.shared / "data" / "cifar10-jpeg"
     if not data.is_dir():
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
-    recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), synthesis=args.synthesis)
+    gradual = {} if args.gradual_epochs is None else {"gradual_epochs": args.gradual_epochs}
+    recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), distill=gradual, synthesis=args.synthesis)
     args.out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads((args.out / "recovery.json").read_text()) if args.append else {"meta": {}, "rows": []}
     rows = earlier["rows"]

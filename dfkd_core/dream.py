@@ -20,6 +20,7 @@ import copy
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
@@ -322,16 +323,47 @@ def _unfoldable_channels(scale: torch.Tensor) -> torch.Tensor:
     return scale.abs() < 1e-4
 
 
+class _OneThreadTracer(torch.fx.Tracer):
+    """A ``torch.fx`` tracer that leaves other threads alone. While it traces, fx patches ``nn.Module.__call__``
+    and ``__getattr__`` for the whole process; a module called from another thread then (the app dreams for two
+    sessions at once) runs as usual instead of being recorded into this trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+# fx restores what it patched when a trace ends; two traces at once would restore each other's patches
+_TRACING = threading.Lock()
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` as a ``torch.fx`` graph, traced safely while other threads run models."""
+    with _TRACING:
+        tracer = _OneThreadTracer()
+        graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _fold_for_dreaming(model: nn.Module, prior: _BNStatisticsLoss) -> nn.Module:
     """``model`` as a ``torch.fx`` graph whose Conv2d -> BatchNorm2d pairs are folded (new modules
     in place of each pair; every other module is shared with ``model``).
 
     Raises if the model cannot be traced or a BatchNorm is not fed by a convolution of its own.
     """
-    from torch.fx import symbolic_trace
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    graph = symbolic_trace(model)
+    graph = _trace(model)
     modules = dict(graph.named_modules())
     originals = dict(model.named_modules())
     calls: dict[str, int] = {}

@@ -448,6 +448,7 @@ def test_the_stored_example_is_small_current_and_shown_on_load():
     recorded = {"generator": None, **recording["recipe"]}  # recorded before recipes could name a generator
     recorded["distill"] = {"dropout": False, **recorded["distill"]}  # ... and before the knob: a ResNet has no dropout
     recorded["distill"] = {"lr_warmup": 0.0, **recorded["distill"]}  # ... and before warm-up: recorded without one
+    recorded["distill"] = {"gradual_epochs": 0, "gradual_start": 0.5, **recorded["distill"]}  # ... and in one cut
     assert recorded == current, "the budget's recipe changed: run demo/example.py again"
     assert snapshot.step == snapshot.total == SHOWCASE_STEPS and len(snapshot.images) == 20
     shown = example_outputs()

@@ -4,7 +4,7 @@ The method, top-down (one module per stage):
 
     zoo       load_teacher, list_teachers      a pretrained teacher (registry id or checkpoint)
     prune     prune_model, make_permanent      L1 magnitude pruning of weights, or of whole channels -> the student
-              GradualPruning                   ... or of weights a little more at each distillation epoch
+              GradualPruning                   ... or a little more at each distillation epoch
     dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
     generator DreamStream, iter_warmup         a generator that dreams a fresh batch every few distillation steps
     refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams

@@ -94,7 +94,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Recipe:
             section, name = key.split(".", 1)
             overrides[section][name] = value
     return with_overrides(
-        get_preset(args.preset),
+        get_preset(args.preset, args.granularity),
         overrides["dream"],
         overrides["distill"],
         overrides["refit"],

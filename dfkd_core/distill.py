@@ -72,7 +72,9 @@ class DistillConfig:
     gradual_epochs: int = knob(
         0, "epochs over which the student is pruned gradually up to the target sparsity (0 = one cut beforehand)"
     )
-    gradual_start: float = knob(0.5, "sparsity gradual pruning starts from (the target sparsity when that is lower)")
+    gradual_start: float = knob(
+        0.5, "sparsity (of weights or of MACs) gradual pruning starts from (at most the target)"
+    )
     eval_every: int = knob(1, "epochs between evaluations of the curve (the last epoch is always evaluated)")
 
     def __post_init__(self) -> None:
@@ -250,9 +252,26 @@ def _step_loss(session: _Session, batch: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def _follow_new_shapes(session: _Session) -> None:
+    """After channels were removed: the optimizer steps the student's new (smaller) tensors, keeping the momentum
+    of the layers that kept their shape, and the feature term pairs the channels that are left."""
+    params = list(session.student.parameters())
+    alive, state = {id(p) for p in params}, session.optimizer.state
+    for gone in [p for p in state if id(p) not in alive]:
+        del state[gone]
+    session.optimizer.param_groups[0]["params"] = params
+    if session.kept:
+        session.kept = _shared_bn_names(session.student, session.teacher)
+
+
 def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     """One pass over the transfer set in a fresh order; yields per-step progress, returns the mean loss."""
     config, student = session.config, session.student
+    shown = {"epoch": epoch}
+    if session.gradual is not None:  # before the modes are set: pruning channels runs the model in eval mode
+        shown["sparsity"] = session.gradual.step(student, epoch)
+        if session.gradual.granularity == "channel":
+            _follow_new_shapes(session)
     student.train()
     for m in student.modules():
         if (isinstance(m, _BN) and config.bn_mode == "frozen") or (isinstance(m, _DROPOUT) and not config.dropout):
@@ -260,9 +279,6 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     images, total = session.images, config.epochs * session.steps_per_epoch
     order = torch.randperm(len(images), generator=session.generator) if isinstance(images, torch.Tensor) else None
     epoch_loss, seen = 0.0, 0
-    shown = {"epoch": epoch}
-    if session.gradual is not None:
-        shown["sparsity"] = session.gradual.step(student, epoch)
     for i in range(session.steps_per_epoch):
         step = (epoch - 1) * session.steps_per_epoch + i + 1
         if order is not None:
@@ -337,7 +353,8 @@ def iter_distill(
     the student is pruned further at the start of each epoch (its sparsity joins the progress metrics)."""
     what = _transfer_set(images, config)
     if gradual is not None:
-        what += f", pruned from {gradual.first:.0%} to {gradual.target:.0%} over {gradual.epochs} epochs"
+        what += f", pruned from {gradual.first:.0%} to {gradual.target:.0%}"
+        what += f"{' of MACs' if gradual.granularity == 'channel' else ''} over {gradual.epochs} epochs"
     device = torch.device(device)
     teacher = teacher.to(device).eval()
     student = student.to(device)

@@ -17,9 +17,9 @@ then the fraction of MACs removed, and the network really gets smaller and faste
 For weights, masks stay attached as ``weight_orig * weight_mask`` forward pre-hooks, so recovery training
 can never revive a pruned weight; :func:`make_permanent` bakes them in for saving.
 
-Weights can also go gradually (:class:`GradualPruning`, Zhu & Gupta, "To prune, or not to prune", 2017):
-the student starts less sparse and loses more weights at each distillation epoch on a cubic schedule, so it
-adapts to each cut before the next; at high sparsity this recovers more than one cut before distillation.
+Weights or channels can also go gradually (:class:`GradualPruning`, Zhu & Gupta, "To prune, or not to
+prune", 2017): the student starts less sparse and loses more at each distillation epoch on a cubic schedule,
+so it adapts to each cut before the next; at high sparsity this recovers more than one cut before distillation.
 """
 
 from __future__ import annotations
@@ -169,13 +169,18 @@ class GradualPruning:
 
     The sparsity before epoch ``e`` (from 1) follows Zhu & Gupta's cubic schedule: it rises fast while the
     network still has many redundant weights and slowly near the target, which it reaches at the start of
-    epoch ``epochs + 1``. Each step prunes the surviving weights by magnitude with the run's ``scope``.
+    epoch ``epochs + 1``. Each step prunes what survives with the run's ``scope`` and ``granularity``: for
+    weights by magnitude (masks compose), for channels until that share of the ``dense_macs`` (the MACs of
+    the network before any pruning, of an ``input_size`` image) is gone, so the model's tensors shrink.
     """
 
     target: float
     start: float
     epochs: int
     scope: str = "global"
+    granularity: str = "weight"
+    dense_macs: int = 0  # channels only: the MACs that sparsity is a fraction of
+    input_size: tuple[int, int, int] = (3, 32, 32)
 
     def __post_init__(self) -> None:
         check_sparsity(self.target)
@@ -183,6 +188,8 @@ class GradualPruning:
         check_scope(self.scope)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"gradual pruning needs a whole number of epochs >= 1, got {self.epochs!r}")
+        if check_granularity(self.granularity) == "channel" and self.dense_macs <= 0:
+            raise ValueError("gradual channel pruning needs dense_macs, the MACs of the network before pruning")
 
     @property
     def first(self) -> float:
@@ -194,14 +201,23 @@ class GradualPruning:
         left = 1.0 - min(1.0, (epoch - 1) / self.epochs)
         return self.target + (self.first - self.target) * left**3
 
+    def measure(self, model: nn.Module) -> float:
+        """The sparsity ``model`` has: the fraction of its weights that are zero, or of the dense MACs removed."""
+        if self.granularity == "channel":
+            from .channels import count_macs
+
+            return 1.0 - count_macs(model, self.input_size) / self.dense_macs
+        return measured_sparsity(model)
+
     def step(self, model: nn.Module, epoch: int) -> float:
-        """Prune ``model`` (in place, masks composing) up to :meth:`sparsity_at` ``epoch``; returns its sparsity."""
-        now = measured_sparsity(model)
+        """Prune ``model`` (in place) up to :meth:`sparsity_at` ``epoch``; returns its sparsity."""
+        now = self.measure(model)
         wanted = self.sparsity_at(epoch)
         if wanted > now:
-            # masks compose: the new cut is a fraction of the weights still alive
-            prune_model(model, (wanted - now) / (1.0 - now), self.scope, inplace=True)
-            now = measured_sparsity(model)
+            # each cut is a fraction of what is still alive: weights not yet zero, MACs not yet removed
+            more = (wanted - now) / (1.0 - now)
+            prune_model(model, more, self.scope, True, self.granularity, self.input_size)  # type: ignore[arg-type]
+            now = self.measure(model)
         return now
 
 

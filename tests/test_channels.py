@@ -4,9 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from dfkd_core import (
     DistillConfig,
+    GradualPruning,
+    Progress,
     channels,
     create_model,
     distill,
@@ -158,6 +161,38 @@ def test_distillation_matches_each_kept_channel_with_its_teacher_channel(arch):
     images = torch.rand(16, 3, 32, 32)
     result = distill(student, teacher, images, CIFAR10, DistillConfig(epochs=1, batch_size=8))
     assert torch.isfinite(torch.tensor(result.final_loss))
+
+
+@pytest.mark.parametrize("arch", ["akamaster_resnet20", "mobilenetv2_x0_5"])
+def test_gradual_channel_pruning_shrinks_the_student_each_epoch_and_trains_what_is_left(arch):
+    teacher = with_statistics(arch)
+    dense = count_macs(teacher)
+    schedule = GradualPruning(0.5, 0.2, epochs=2, granularity="channel", dense_macs=dense)
+    student = prune_channels(teacher, schedule.first)
+    stale = []  # tensors the optimizer held that the student no longer has, and dropout layers left on
+
+    def check(optimizer, args, kwargs):
+        alive = {id(p) for p in student.parameters()}
+        stale.extend(p.shape for p in optimizer.param_groups[0]["params"] if id(p) not in alive)
+        stale.extend(m for m in student.modules() if isinstance(m, nn.Dropout) and m.training)
+
+    events = []
+    config = DistillConfig(epochs=3, batch_size=16, lr=0.05, gradual_epochs=2)  # feature term on: channels re-paired
+    handle = register_optimizer_step_pre_hook(check)
+    try:
+        distill(student, teacher, torch.rand(32, 3, 32, 32), CIFAR10, config, gradual=schedule, callback=events.append)
+    finally:
+        handle.remove()
+    assert not stale, "the optimizer steps the student's new tensors, and its dropout stays off after each cut"
+    shown = [e.metrics["sparsity"] for e in events if isinstance(e, Progress) and e.step % 2 == 1]
+    assert shown == pytest.approx([0.2, 0.2 + 0.3 * 7 / 8, 0.5], abs=0.03), "MACs removed at each epoch's start"
+    assert 1 - count_macs(student) / dense == pytest.approx(0.5, abs=0.03)
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert set(_shared_bn_names(student, teacher)) == {
+        n for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }, "every layer still knows its teacher channels"
+    with pytest.raises(ValueError, match="dense_macs"):
+        GradualPruning(0.5, 0.2, epochs=2, granularity="channel")
 
 
 @pytest.mark.parametrize("arch", ["akamaster_resnet20", "mobilenetv2_x0_5"])

@@ -113,6 +113,8 @@ def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     assert "of the MACs removed (whole channels)" in summary and "CPU speed-up" in summary
     report = json.loads((out / "report.json").read_text())
     assert report["sparsity"]["granularity"] == "channel" and report["sparsity"]["of"] == "MACs"
+    distill = report["settings"]["recipe"]["distill"]
+    assert distill["gradual_start"] == 0.2 and 0 < distill["gradual_epochs"] <= distill["epochs"], "channels: gradually"
     assert report["size"]["recovered"]["params"] < report["size"]["teacher"]["params"]
     assert report["latency_ms"]["device"] == "cpu" and set(report["latency_ms"]["speedup"]) == {"1", "4"}
     assert main(["evaluate", "--teacher", str(out / "student.pt"), "--data", str(image_root), "--json"]) == 0

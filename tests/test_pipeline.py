@@ -345,12 +345,22 @@ def test_gradual_pruning_reaches_the_target_during_distillation(teacher_checkpoi
     assert result.baselines["noise"] is not None
 
 
-def test_gradual_pruning_is_refused_with_the_refit_and_skipped_for_channels(teacher_checkpoint, image_root):
+def test_gradual_pruning_is_refused_with_the_refit(teacher_checkpoint, image_root):
     with pytest.raises(ValueError, match="refit"):
         replace(tiny_config(teacher_checkpoint, image_root), recipe=replace(GRADUAL, refit=RefitConfig()))
-    config = tiny_config(teacher_checkpoint, image_root, granularity="channel", baselines=())
+
+
+def test_gradual_channel_pruning_ends_with_the_macs_asked_for(teacher_checkpoint, image_root):
+    config = tiny_config(teacher_checkpoint, image_root, granularity="channel", baselines=("noise",))
     events = list(recover(replace(config, recipe=GRADUAL)))
-    assert any(isinstance(e, Notice) and "gradual pruning is for weights" in e.message for e in events)
+    result = events[-1].result
+    described = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.DISTILL]
+    assert described[0].endswith("pruned from 20% to 50% of MACs over 1 epochs")
+    sparsity = [e.metrics["sparsity"] for e in events if isinstance(e, Progress) and e.stage is Stage.DISTILL]
+    assert sparsity[0] == pytest.approx(0.2, abs=0.03) and sparsity[-1] == pytest.approx(0.5, abs=0.03)
+    assert result.sparsity == pytest.approx(0.5, abs=0.03)
+    assert result.sizes["recovered"].macs == pytest.approx(0.5 * result.sizes["teacher"].macs, rel=0.06)
+    assert result.baselines["noise"] is not None
 
 
 def test_presets():
@@ -363,6 +373,16 @@ def test_presets():
     assert cost(PRESETS["quick"]) < cost(PRESETS["default"]) < cost(PRESETS["best"])
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         get_preset("fast")
+    for name, recipe in PRESETS.items():  # channels go gradually, from 20% of MACs, without the one-cut refit
+        channel = get_preset(name, "channel")
+        assert channel.refit is None and channel.distill.gradual_start == 0.2
+        assert 0 < channel.distill.gradual_epochs < channel.distill.epochs == recipe.distill.epochs
+        assert channel.dream == recipe.dream
+    assert get_preset("default", "channel").distill.gradual_epochs == 25
+    assert RecoveryConfig("t", granularity="channel").recipe == get_preset("default", "channel")
+    assert RecoveryConfig("t").recipe == Recipe(), "weights: the default recipe, in one cut"
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        get_preset("default", "filter")
 
 
 def test_dreams_can_be_reused(teacher_checkpoint, image_root):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dfkd_core import PRESETS, Recipe, RecoveryConfig, help_of, with_overrides
+from dfkd_core import PRESETS, Recipe, RecoveryConfig, get_preset, help_of, with_overrides
 from dfkd_core.pipeline import SYNTHESES
 from dfkd_core.prune import GRANULARITIES, check_sparsity
 
@@ -63,7 +63,7 @@ class Budget:
 
     def describe(self) -> str:
         dream, distill = self.recipe.dream, self.recipe.distill
-        refit = ", refit" if self.recipe.refit is not None else ""
+        refit = ", refit (weights)" if self.recipe.refit is not None else ""
         return (
             f"{self.label}: {dream.num_images:,} dreams x {dream.steps} steps{refit}, "
             f"{distill.epochs} distillation epochs ({self.purpose})"
@@ -151,7 +151,7 @@ CONTROLS: tuple[Control, ...] = (
         label="Prune",
         kind="radio",
         info="weight: single weights, as in the paper (same shape and speed) · channel: whole channels, with "
-        "Torch-Pruning (a smaller network that runs faster)",
+        "Torch-Pruning (a smaller network that runs faster), a few more at each distillation epoch",
         default=_config_default("granularity"),
         choices=GRANULARITIES,
     ),
@@ -216,7 +216,8 @@ class Settings:
             section: {c.name: getattr(self, c.name) for c in RECIPE_CONTROLS if c.section == section}
             for section in ("dream", "distill")
         }
-        return with_overrides(BUDGETS[self.budget].recipe, **overrides, synthesis=self.synthesis)
+        preset = get_preset(self.budget, self.granularity)  # channels: pruned gradually
+        return with_overrides(preset, **overrides, synthesis=self.synthesis)
 
 
 class InputError(ValueError):

@@ -40,11 +40,13 @@ def smoke_recipe(recipe: dfkd.Recipe) -> dfkd.Recipe:
     )
 
 
-def chosen_recipe(device: torch.device, cpu_preset: str = "quick") -> tuple[str, dfkd.Recipe]:
+def chosen_recipe(
+    device: torch.device, cpu_preset: str = "quick", granularity: str = "weight"
+) -> tuple[str, dfkd.Recipe]:
     """The preset named by ``DFKD_PRESET``, else ``default`` on a GPU and ``cpu_preset`` on a CPU, and
-    its recipe (on the SMOKE budget in a SMOKE run)."""
+    its recipe for pruning of ``granularity`` (on the SMOKE budget in a SMOKE run)."""
     name = os.environ.get("DFKD_PRESET") or ("default" if device.type == "cuda" else cpu_preset)
-    recipe = dfkd.get_preset(name)
+    recipe = dfkd.get_preset(name, granularity)
     return name, smoke_recipe(recipe) if SMOKE else recipe
 
 

@@ -44,7 +44,7 @@ from demo.settings import (
     recipe_values,
 )
 from demo.views import OUTPUTS, STAGES, LiveView, output_index
-from dfkd_core import PRESETS, Stage, load_checkpoint
+from dfkd_core import PRESETS, Stage, get_preset, load_checkpoint
 from dfkd_core.prune import measured_sparsity
 from dfkd_core.zoo import CIFAR10_CLASSES
 
@@ -350,6 +350,8 @@ def test_settings_round_trip_through_the_table_and_run_the_preset():
     settings = parse_settings(by_name([values[name] for name in CONTROL_NAMES]), {"teacher": ["akamaster/resnet20"]})
     assert dataclasses.asdict(settings) == values
     assert settings.recipe() == PRESETS["quick"], "the quick budget runs the quick preset as it is"
+    channels = parse_settings({**values, "granularity": "channel"}, {"teacher": ["akamaster/resnet20"]})
+    assert channels.recipe() == get_preset("quick", "channel"), "... and for channels, its gradual version"
     assert recipe_values("best") == [c.recipe_value(PRESETS["best"]) for c in RECIPE_CONTROLS]
     changed = parse_settings({**values, "steps": 7.0, "tv_l2": 0}, {"teacher": ["akamaster/resnet20"]})
     assert changed.steps == 7 and isinstance(changed.steps, int)

@@ -80,6 +80,8 @@ def test_example_on_load_then_the_showcase_forms_and_stop_ends_the_run(browser, 
         sparsity.press("Enter")
         page.locator(ID["budget"]).get_by_label(BUDGETS["quick"].label).check()
         page.get_by_text("Advanced: the recipe").click()
+        # the budget fills in its recipe in its own request: typing before it answers would be overwritten
+        expect(page.locator(f"{ID['steps']} input")).to_have_value(str(BUDGETS["quick"].recipe.dream.steps))
         page.locator(f"{ID['num_images']} input").fill("30")
         page.locator(f"{ID['steps']} input").fill("2000")  # the most the page allows: long enough to press Stop mid-run
         page.locator(f"{ID['epochs']} input").fill("1")

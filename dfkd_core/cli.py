@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=GRANULARITIES,
         default="weight",
         help="remove single weights (weight, the paper's: same shape and speed) or whole channels with "
-        "Torch-Pruning (channel: a smaller, faster network)",
+        "Torch-Pruning (channel: a smaller, faster network; the preset's recipe then prunes gradually during "
+        "distillation, from 20%% of the MACs over 5/6 of the epochs, without the refit)",
     )
     rec.add_argument(
         "--scope",

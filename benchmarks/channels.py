@@ -1,6 +1,6 @@
 """Channel pruning: data-free recovery of students that lost whole channels, and what they gain in speed.
 
-Each row is one run of the library's pipeline with the default recipe, on a JPEG teacher of
+Each row is one run of the library's pipeline with the default recipe (one knob changed, as its name says), on a JPEG teacher of
 ``shared/weights/cifar10-jpeg-teachers``, scored on the full JPEG test split. The dreams are made
 once per teacher and reused for every row of that teacher (they do not depend on the pruning).
 Latency is measured by the pipeline itself: CPU, batch 1 and 256, the median of 7 rounds in which
@@ -8,8 +8,14 @@ the dense teacher and the student take turns.
 
 Rows (``--rows``, by name):
 
-    resnet56-50, resnet56-75, resnet20-50, mobilenetv2-50   channel pruning to that share of MACs removed
-    resnet56-75 also runs the same recipe on 1,024 real training images (the oracle, not data-free)
+    resnet56-50, resnet56-75, resnet20-50, mobilenetv2-50   channel pruning to that share of MACs removed, in one
+                               cut before distillation
+    <row>-gradual              the same with the default recipe for channels: pruned gradually during distillation
+    resnet56-75(-gradual) also run the same recipe on 1,024 real training images (the oracle, not data-free)
+    resnet20-50-gradual-15     the target reached after 15 of the 30 epochs instead of 25
+    resnet56-50-gradual-long   twice the epochs (60, the target reached after 50)
+    resnet20-50-gradual-from-0 the student starts as the whole teacher (no channel removed) instead of at 20%
+    resnet20-50-gradual-lr     half the learning rate (0.05)
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
@@ -61,19 +67,29 @@ class Row:
     baselines: tuple[str, ...] = ()
 
 
+ONE_CUT = {"gradual_epochs": 0}  # all channels removed before distillation instead of gradually during it
+
 ROWS = {
-    "resnet56-50": Row("resnet56", 0.5),
-    "resnet56-75": Row("resnet56", 0.75, baselines=("real",)),
-    "resnet20-50": Row("resnet20", 0.5),
-    "mobilenetv2-50": Row("mobilenetv2", 0.5),
-    "resnet56-50-layerwise": Row("resnet56", 0.5, scope="layerwise"),
-    "resnet56-50-logits": Row("resnet56", 0.5, distill={"feature_weight": 0.0}),
+    "resnet56-50": Row("resnet56", 0.5, distill=ONE_CUT),
+    "resnet56-75": Row("resnet56", 0.75, distill=ONE_CUT, baselines=("real",)),
+    "resnet20-50": Row("resnet20", 0.5, distill=ONE_CUT),
+    "mobilenetv2-50": Row("mobilenetv2", 0.5, distill=ONE_CUT),
+    "resnet56-50-gradual": Row("resnet56", 0.5),
+    "resnet56-75-gradual": Row("resnet56", 0.75, baselines=("real",)),
+    "resnet20-50-gradual": Row("resnet20", 0.5),
+    "mobilenetv2-50-gradual": Row("mobilenetv2", 0.5),
+    "resnet20-50-gradual-15": Row("resnet20", 0.5, distill={"gradual_epochs": 15}),
+    "resnet56-50-gradual-long": Row("resnet56", 0.5, distill={"epochs": 60}),
+    "resnet20-50-gradual-from-0": Row("resnet20", 0.5, distill={"gradual_start": 0.0}),
+    "resnet20-50-gradual-lr": Row("resnet20", 0.5, distill={"lr": 0.05}),
+    "resnet56-50-layerwise": Row("resnet56", 0.5, distill=ONE_CUT, scope="layerwise"),
+    "resnet56-50-logits": Row("resnet56", 0.5, distill={**ONE_CUT, "feature_weight": 0.0}),
     "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),
     "resnet56-weights-75": Row("resnet56", 0.75, granularity="weight"),
     "resnet56-weights-90": Row("resnet56", 0.9, granularity="weight"),
-    "resnet20-50-generator": Row("resnet20", 0.5, synthesis="generator"),
-    "resnet56-50-generator": Row("resnet56", 0.5, synthesis="generator"),
-    "resnet20-50-long": Row("resnet20", 0.5, distill={"epochs": 60}),
+    "resnet20-50-generator": Row("resnet20", 0.5, distill=ONE_CUT, synthesis="generator"),
+    "resnet56-50-generator": Row("resnet56", 0.5, distill=ONE_CUT, synthesis="generator"),
+    "resnet20-50-long": Row("resnet20", 0.5, distill={**ONE_CUT, "epochs": 60}),
 }
 
 
@@ -112,13 +128,17 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _default(granularity: str) -> dict:
+    """The default recipe for ``granularity``, as a results file records it."""
+    return json.loads(json.dumps(dataclasses.asdict(dfkd.get_preset("default", granularity))))
+
+
 def figure(record: dict, teacher: str = "resnet56") -> Figure:
     """Recovered accuracy against parameters kept, weight and channel pruning of one teacher, one plot."""
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     rows = [r for r in record["rows"] if r["teacher_name"] == teacher and r["settings"]["scope"] == "global"]
-    rows = [r for r in rows if r["settings"]["recipe"]["distill"]["feature_weight"] > 0]
-    rows = [r for r in rows if r["settings"]["recipe"].get("generator") is None]  # one recipe per curve
+    rows = [r for r in rows if r["settings"]["recipe"] == _default(r["sparsity"]["granularity"])]  # one per curve
     measured = [(r["sparsity"]["granularity"], r["size"]["recovered"]["nonzero_params"], r) for r in rows]
     measured += [("weight", p["nonzero_params"], p) for p in record.get("weight_points", [])]
     for granularity, style in (("weight", "o-"), ("channel", "s-")):
@@ -145,6 +165,7 @@ def figure(record: dict, teacher: str = "resnet56") -> Figure:
     ax.set_title(
         f"{teacher}: data-free recovery, weight vs channel pruning\n(labels: removed, CPU speed-up at batch 256)"
     )
+    ax.margins(y=0.1)  # room for the labels under the lowest point
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -162,7 +183,7 @@ def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> l
     """The recovery benchmark's weight-pruning rows of ``teacher`` made with the default recipe, with the nonzero
     parameters they keep."""
     model = dfkd.load_teacher(str(shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[teacher])).model
-    default = json.loads(json.dumps(dataclasses.asdict(dfkd.get_preset("default"))))
+    default = _default("weight")
     points = []
     for row in json.loads(recovery.read_text())["rows"]:
         if row["name"] == teacher and row["settings"]["recipe"] == default:
@@ -182,7 +203,8 @@ def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSe
     """One row run by the library; a fixed dream set is shared per teacher (and kept in ``--dream-cache``),
     a generator dreams anew."""
     row = ROWS[name]
-    recipe = dfkd.with_overrides(dfkd.get_preset("default"), distill=row.distill, synthesis=row.synthesis)
+    recipe = dfkd.get_preset("default", row.granularity)  # channels: pruned gradually during distillation
+    recipe = dfkd.with_overrides(recipe, distill=row.distill, synthesis=row.synthesis)
     online = recipe.generator is not None
     if not online and row.teacher not in dreams and (cached := cached_dreams(args.dream_cache, row.teacher, recipe)):
         dreams[row.teacher] = cached

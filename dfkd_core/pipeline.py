@@ -459,7 +459,6 @@ def _gradual(run: _Run) -> GradualPruning | None:
     config, epochs = run.config, run.config.recipe.distill.gradual_epochs
     if not epochs or config.sparsity <= config.recipe.distill.gradual_start:
         return None
-    assert run.teacher is not None
     channel = config.granularity == "channel"
     return GradualPruning(
         config.sparsity,

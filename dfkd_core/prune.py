@@ -177,8 +177,8 @@ class GradualPruning:
     target: float
     start: float
     epochs: int
-    scope: str = "global"
-    granularity: str = "weight"
+    scope: Literal["global", "layerwise", "lamp"] = "global"
+    granularity: Literal["weight", "channel"] = "weight"
     dense_macs: int = 0  # channels only: the MACs that sparsity is a fraction of
     input_size: tuple[int, int, int] = (3, 32, 32)
 
@@ -216,7 +216,7 @@ class GradualPruning:
         if wanted > now:
             # each cut is a fraction of what is still alive: weights not yet zero, MACs not yet removed
             more = (wanted - now) / (1.0 - now)
-            prune_model(model, more, self.scope, True, self.granularity, self.input_size)  # type: ignore[arg-type]
+            prune_model(model, more, self.scope, inplace=True, granularity=self.granularity, input_size=self.input_size)
             now = self.measure(model)
         return now
 

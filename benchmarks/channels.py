@@ -16,6 +16,7 @@ Rows (``--rows``, by name):
     resnet56-50-gradual-long   twice the epochs (60, the target reached after 50)
     resnet20-50-gradual-from-0 the student starts as the whole teacher (no channel removed) instead of at 20%
     resnet20-50-gradual-lr     half the learning rate (0.05)
+    resnet20-50-best           preset best for channels: 2,048 dreams, 60 epochs, the target reached after 50
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
@@ -62,7 +63,8 @@ class Row:
     sparsity: float
     granularity: str = "channel"
     scope: str = "global"
-    distill: dict = field(default_factory=dict)  # overrides of the default recipe's distillation
+    preset: str = "default"  # the preset whose channel recipe the row runs
+    distill: dict = field(default_factory=dict)  # overrides of the preset's distillation
     synthesis: str = "deepinversion"  # or "generator": fresh dreams at every step, none to share between rows
     baselines: tuple[str, ...] = ()
 
@@ -82,6 +84,7 @@ ROWS = {
     "resnet56-50-gradual-long": Row("resnet56", 0.5, distill={"epochs": 60}),
     "resnet20-50-gradual-from-0": Row("resnet20", 0.5, distill={"gradual_start": 0.0}),
     "resnet20-50-gradual-lr": Row("resnet20", 0.5, distill={"lr": 0.05}),
+    "resnet20-50-best": Row("resnet20", 0.5, preset="best"),
     "resnet56-50-layerwise": Row("resnet56", 0.5, distill=ONE_CUT, scope="layerwise"),
     "resnet56-50-logits": Row("resnet56", 0.5, distill={**ONE_CUT, "feature_weight": 0.0}),
     "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),
@@ -200,14 +203,15 @@ def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> l
 
 
 def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSet]) -> dfkd.RecoveryResult:
-    """One row run by the library; a fixed dream set is shared per teacher (and kept in ``--dream-cache``),
-    a generator dreams anew."""
+    """One row run by the library; a fixed dream set is shared per teacher and preset (and kept in
+    ``--dream-cache``), a generator dreams anew."""
     row = ROWS[name]
-    recipe = dfkd.get_preset("default", row.granularity)  # channels: pruned gradually during distillation
+    recipe = dfkd.get_preset(row.preset, row.granularity)  # channels: pruned gradually during distillation
     recipe = dfkd.with_overrides(recipe, distill=row.distill, synthesis=row.synthesis)
     online = recipe.generator is not None
-    if not online and row.teacher not in dreams and (cached := cached_dreams(args.dream_cache, row.teacher, recipe)):
-        dreams[row.teacher] = cached
+    key = row.teacher if row.preset == "default" else f"{row.teacher}-{row.preset}"  # dreams of other settings
+    if not online and key not in dreams and (cached := cached_dreams(args.dream_cache, key, recipe)):
+        dreams[key] = cached
     config = dfkd.RecoveryConfig(
         teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
         data=str(args.shared / "data" / "cifar10-jpeg"),
@@ -218,10 +222,10 @@ def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSe
         baselines=row.baselines,
         device=args.device,
     )
-    result = dfkd.run_recovery(config, dreams=None if online else dreams.get(row.teacher))
+    result = dfkd.run_recovery(config, dreams=None if online else dreams.get(key))
     if not online:
-        keep_dreams(args.dream_cache, row.teacher, result.dreams)
-        dreams[row.teacher] = result.dreams
+        keep_dreams(args.dream_cache, key, result.dreams)
+        dreams[key] = result.dreams
     return result
 
 

@@ -11,12 +11,13 @@ Rows (``--rows``, by name):
     resnet56-50, resnet56-75, resnet20-50, mobilenetv2-50   channel pruning to that share of MACs removed, in one
                                cut before distillation
     <row>-gradual              the same with the default recipe for channels: pruned gradually during distillation
-    resnet56-75(-gradual) also run the same recipe on 1,024 real training images (the oracle, not data-free)
+    resnet56-75(-gradual), resnet56-50-gradual   also run the same recipe on 1,024 real training images (the oracle,
+                               not data-free)
     resnet20-50-gradual-15     the target reached after 15 of the 30 epochs instead of 25
     resnet56-50-gradual-long   twice the epochs (60, the target reached after 50)
     resnet20-50-gradual-from-0 the student starts as the whole teacher (no channel removed) instead of at 20%
     resnet20-50-gradual-lr     half the learning rate (0.05)
-    resnet20-50-best           preset best for channels: 2,048 dreams, 60 epochs, the target reached after 50
+    resnet20-50-best, resnet56-50-best   preset best for channels: 2,048 dreams, 60 epochs, the target reached after 50
     mobilenetv2-50-gradual-layerwise   the same fraction of channels removed from every layer at each step
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
@@ -77,7 +78,7 @@ ROWS = {
     "resnet56-75": Row("resnet56", 0.75, distill=ONE_CUT, baselines=("real",)),
     "resnet20-50": Row("resnet20", 0.5, distill=ONE_CUT),
     "mobilenetv2-50": Row("mobilenetv2", 0.5, distill=ONE_CUT),
-    "resnet56-50-gradual": Row("resnet56", 0.5),
+    "resnet56-50-gradual": Row("resnet56", 0.5, baselines=("real",)),
     "resnet56-75-gradual": Row("resnet56", 0.75, baselines=("real",)),
     "resnet20-50-gradual": Row("resnet20", 0.5),
     "mobilenetv2-50-gradual": Row("mobilenetv2", 0.5),
@@ -86,6 +87,7 @@ ROWS = {
     "resnet20-50-gradual-from-0": Row("resnet20", 0.5, distill={"gradual_start": 0.0}),
     "resnet20-50-gradual-lr": Row("resnet20", 0.5, distill={"lr": 0.05}),
     "resnet20-50-best": Row("resnet20", 0.5, preset="best"),
+    "resnet56-50-best": Row("resnet56", 0.5, preset="best"),
     "mobilenetv2-50-gradual-layerwise": Row("mobilenetv2", 0.5, scope="layerwise"),
     "resnet56-50-layerwise": Row("resnet56", 0.5, distill=ONE_CUT, scope="layerwise"),
     "resnet56-50-logits": Row("resnet56", 0.5, distill={**ONE_CUT, "feature_weight": 0.0}),

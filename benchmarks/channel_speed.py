@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from recovery import machine  # benchmarks/recovery.py: run as `python benchmarks/<script>.py`
+from tables import write_study
 
 import dfkd_core as dfkd
 from dfkd_core.channels import count_macs, prune_channels
@@ -92,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     dense = rows[0]["dense_ms"]
     lines += ["", f"Dense teacher per pass, ms at batch 256: {dense[256]}; at batch 1: {dense[1]}."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "channel_speed.json").write_text(
-        json.dumps({"command": command, "machine": machine(), "rows": rows}, indent=1)
-    )
-    (args.out / "channel_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_study(args.out, "channel_speed", {"command": command, "machine": machine(), "rows": rows}, lines)
     return 0
 
 

@@ -34,6 +34,7 @@ import channels as bench  # benchmarks/channels.py: run as `python benchmarks/<s
 import torch
 import torch.nn.functional as F
 from recovery import machine
+from tables import write_study
 from torch import nn
 
 distill = sys.modules["dfkd_core.distill"]  # the module (the package's `distill` is the function)
@@ -136,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         f"| {r['pairing']} | {r['pruned_acc']:.2f} | **{r['recovered_acc']:.2f}** | {r['distill_s']} |" for r in rows
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "machine": machine(), "wall_s": round(time.perf_counter() - started), "rows": rows}
-    (args.out / "feature_pairing.json").write_text(json.dumps(record, indent=1))
-    (args.out / "feature_pairing.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_study(args.out, "feature_pairing", record, lines)
     return 0
 
 

@@ -36,6 +36,7 @@ import channels as bench  # benchmarks/channels.py: run as `python benchmarks/<s
 import torch
 import torch_pruning as tp
 from recovery import machine
+from tables import write_study
 
 from dfkd_core import channels
 
@@ -157,11 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['importance']} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | {r['pruned_acc']:.2f} "
             f"| **{r['recovered_acc']:.2f}** | {r['distill_s']} |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "machine": machine(), "wall_s": round(time.perf_counter() - started), "rows": rows}
-    (args.out / "importance.json").write_text(json.dumps(record, indent=1))
-    (args.out / "importance.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_study(args.out, "importance", record, lines)
     return 0
 
 

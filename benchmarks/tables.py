@@ -12,6 +12,15 @@ from typing import Any
 import dfkd_core as dfkd
 
 
+def write_study(out: Path, name: str, record: dict[str, Any], lines: list[str]) -> None:
+    """Save a study's ``record`` as ``out/<name>.json`` and its table ``lines`` as ``out/<name>.md``; print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    table = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(table)
+    print(table)
+
+
 def rerender(results: Path, markdown: Callable[[dict[str, Any]], str]) -> int:
     """Write ``results`` (a .json of a benchmark) again as its .md table, print it; the exit status."""
     table = markdown(json.loads(results.read_text()))

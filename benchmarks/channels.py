@@ -17,6 +17,7 @@ Rows (``--rows``, by name):
     resnet56-50-gradual-long   twice the epochs (60, the target reached after 50)
     resnet20-50-gradual-from-0 the student starts as the whole teacher (no channel removed) instead of at 20%
     resnet20-50-gradual-lr     half the learning rate (0.05)
+    mobilenetv2-50-gradual-lr  lr 0.03, the rate at which MobileNetV2's weight pruning recovers best
     resnet20-50-best, resnet56-50-best   preset best for channels: 2,048 dreams, 60 epochs, the target reached after 50
     mobilenetv2-50-gradual-layerwise   the same fraction of channels removed from every layer at each step
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
@@ -89,6 +90,7 @@ ROWS = {
     "resnet20-50-best": Row("resnet20", 0.5, preset="best"),
     "resnet56-50-best": Row("resnet56", 0.5, preset="best"),
     "mobilenetv2-50-gradual-layerwise": Row("mobilenetv2", 0.5, scope="layerwise"),
+    "mobilenetv2-50-gradual-lr": Row("mobilenetv2", 0.5, distill={"lr": 0.03}),
     "resnet56-50-layerwise": Row("resnet56", 0.5, distill=ONE_CUT, scope="layerwise"),
     "resnet56-50-logits": Row("resnet56", 0.5, distill={**ONE_CUT, "feature_weight": 0.0}),
     "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),

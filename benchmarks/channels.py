@@ -23,7 +23,6 @@ Rows (``--rows``, by name):
     resnet56-50-layerwise      the same fraction removed from every layer instead of one global ranking
     resnet56-50-logits         no feature term (the kept-channel feature matching switched off)
     resnet56-weights-50/75/90  unstructured weight pruning, for accuracy against parameters kept
-    resnet20-50-generator, resnet56-50-generator   a generator's fresh batches instead of a fixed dream set
     resnet20-50-long           twice the distillation epochs (60): does a slimmer student need a longer recipe?
 
 ``--weights-from results/recovery.json`` takes the weight-pruning points of the plot from the recovery
@@ -48,7 +47,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from recovery import machine, recipe_words  # benchmarks/recovery.py: run as `python benchmarks/<script>.py`
-from tables import cached_dreams, keep_dreams
+from tables import cached_dreams, current_recipe, keep_dreams
 
 import dfkd_core as dfkd
 from dfkd_core.evaluate import measure_size
@@ -68,7 +67,6 @@ class Row:
     scope: str = "global"
     preset: str = "default"  # the preset whose channel recipe the row runs
     distill: dict = field(default_factory=dict)  # overrides of the preset's distillation
-    synthesis: str = "deepinversion"  # or "generator": fresh dreams at every step, none to share between rows
     baselines: tuple[str, ...] = ()
 
 
@@ -96,8 +94,6 @@ ROWS = {
     "resnet56-weights-50": Row("resnet56", 0.5, granularity="weight"),
     "resnet56-weights-75": Row("resnet56", 0.75, granularity="weight"),
     "resnet56-weights-90": Row("resnet56", 0.9, granularity="weight"),
-    "resnet20-50-generator": Row("resnet20", 0.5, distill=ONE_CUT, synthesis="generator"),
-    "resnet56-50-generator": Row("resnet56", 0.5, distill=ONE_CUT, synthesis="generator"),
     "resnet20-50-long": Row("resnet20", 0.5, distill={**ONE_CUT, "epochs": 60}),
 }
 
@@ -116,7 +112,7 @@ def markdown(record: dict) -> str:
         "Removed: share of MACs (channel) or of Conv/Linear weights (weight). Params and MACs: of the recovered",
         "student (teacher in brackets). Speed-up: the teacher's CPU latency over the student's, same process,",
         "interleaved, median of 7. Dream and distill: seconds (a fixed dream set is made once per teacher and",
-        "shared, its time is the recovery benchmark's; a generator dreams anew in its row).",
+        "shared, its time is the recovery benchmark's; the retired generator dreamed anew in its row).",
         "",
         "| row | removed | params | MACs | teacher acc | pruned | **recovered** | real (oracle) "
         "| speed-up batch 1 | speed-up batch 256 | student ms (batch 256) | dream s | distill s |",
@@ -125,7 +121,8 @@ def markdown(record: dict) -> str:
     for r in rows:
         size, teacher, latency = r["size"]["recovered"], r["size"]["teacher"], r["latency_ms"]
         real = r["baselines"]["real"]
-        dream_s = f"{r['timings_s']['dream']:.0f}" if r["settings"]["recipe"].get("generator") else "shared"
+        dreamed_anew = r["settings"]["recipe"].get("generator")  # a record of the retired generator synthesis
+        dream_s = f"{r['timings_s']['dream']:.0f}" if dreamed_anew else "shared"
         lines.append(
             f"| {r['name']} | {r['sparsity']['measured']:.1%} of {r['sparsity']['of']} "
             f"| {size['nonzero_params'] / 1e3:,.0f}k ({teacher['params'] / 1e3:,.0f}k) "
@@ -147,7 +144,7 @@ def figure(record: dict, teacher: str = "resnet56") -> Figure:
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     rows = [r for r in record["rows"] if r["teacher_name"] == teacher and r["settings"]["scope"] == "global"]
-    rows = [r for r in rows if r["settings"]["recipe"] == _default(r["sparsity"]["granularity"])]  # one per curve
+    rows = [r for r in rows if current_recipe(r["settings"]["recipe"]) == _default(r["sparsity"]["granularity"])]
     measured = [(r["sparsity"]["granularity"], r["size"]["recovered"]["nonzero_params"], r) for r in rows]
     measured += [("weight", p["nonzero_params"], p) for p in record.get("weight_points", [])]
     for granularity, style in (("weight", "o-"), ("channel", "s-")):
@@ -195,7 +192,7 @@ def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> l
     default = _default("weight")
     points = []
     for row in json.loads(recovery.read_text())["rows"]:
-        if row["name"] == teacher and row["settings"]["recipe"] == default:
+        if row["name"] == teacher and current_recipe(row["settings"]["recipe"]) == default:
             kept = measure_size(dfkd.prune_model(model, row["sparsity"]["target"])).nonzero_params
             points.append(
                 {
@@ -209,14 +206,12 @@ def _weight_points(recovery: Path, shared: Path, teacher: str = "resnet56") -> l
 
 
 def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSet]) -> dfkd.RecoveryResult:
-    """One row run by the library; a fixed dream set is shared per teacher and preset (and kept in
-    ``--dream-cache``), a generator dreams anew."""
+    """One row run by the library; the dream set is shared per teacher and preset (and kept in ``--dream-cache``)."""
     row = ROWS[name]
     recipe = dfkd.get_preset(row.preset, row.granularity)  # channels: pruned gradually during distillation
-    recipe = dfkd.with_overrides(recipe, distill=row.distill, synthesis=row.synthesis)
-    online = recipe.generator is not None
+    recipe = dfkd.with_overrides(recipe, distill=row.distill)
     key = row.teacher if row.preset == "default" else f"{row.teacher}-{row.preset}"  # dreams of other settings
-    if not online and key not in dreams and (cached := cached_dreams(args.dream_cache, key, recipe)):
+    if key not in dreams and (cached := cached_dreams(args.dream_cache, key, recipe)):
         dreams[key] = cached
     config = dfkd.RecoveryConfig(
         teacher=str(args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]),
@@ -228,10 +223,9 @@ def _run_row(name: str, args: argparse.Namespace, dreams: dict[str, dfkd.DreamSe
         baselines=row.baselines,
         device=args.device,
     )
-    result = dfkd.run_recovery(config, dreams=None if online else dreams.get(key))
-    if not online:
-        keep_dreams(args.dream_cache, key, result.dreams)
-        dreams[key] = result.dreams
+    result = dfkd.run_recovery(config, dreams=dreams.get(key))
+    keep_dreams(args.dream_cache, key, result.dreams)
+    dreams[key] = result.dreams
     return result
 
 

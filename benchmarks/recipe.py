@@ -29,7 +29,7 @@ import torch
 from tables import rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
 
 import dfkd_core as dfkd
-from dfkd_core import DistillConfig, DreamConfig, GeneratorConfig, Recipe, RefitConfig
+from dfkd_core import DistillConfig, DreamConfig, Recipe, RefitConfig
 
 TEACHER = "weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt"  # inside shared/
 DATA = "data/cifar10-jpeg"  # inside shared/
@@ -49,73 +49,6 @@ def _kd(recipe: Recipe, **changes) -> Recipe:
 
 def _dreams(recipe: Recipe, **changes) -> Recipe:
     return dataclasses.replace(recipe, dream=dataclasses.replace(recipe.dream, **changes))
-
-
-def _online(recipe: Recipe, **changes) -> Recipe:
-    return dataclasses.replace(recipe, generator=dataclasses.replace(recipe.generator, **changes))
-
-
-def generator_ablation() -> list[tuple[str, Recipe, bool]]:
-    """The generator's ideas, on top of the `default` preset's distillation: the same 960 student steps of
-    32 images, fed by a generator's fresh batches instead of a fixed set of 1,024 dreams."""
-    online = dataclasses.replace(dfkd.PRESETS["default"], generator=GeneratorConfig(adi=0.0))
-    disagreement = _online(online, adi=1.0)  # = GeneratorConfig(): the library's generator defaults
-    recent = _online(online, bank_size=2048)
-    two_steps = _online(online, steps_per_batch=2)
-    diverse = _online(disagreement, diversity=1.0)
-    meta_start = _online(two_steps, meta_rate=0.5)
-    full_start = _online(disagreement, initial_bank=4)
-    long_warmup = _online(full_start, warmup_steps=100, initial_bank=16)
-    longer = _kd(online, batch_size=64, epochs=40)
-    return [
-        (
-            "generator: 40-step warm-up, then a fresh batch of 256 every 16 student steps, every batch kept; "
-            "distillation as preset `default` (960 steps of 32)",
-            online,
-            True,
-        ),
-        (
-            "+ disagreement with the current student in the generator's loss (adi 1) = `--synthesis generator`",
-            disagreement,
-            True,
-        ),
-        (
-            "+ same-class images pushed apart in the teacher's features (diversity 1, a batch-local CMI term)",
-            diverse,
-            False,
-        ),
-        (
-            "+ the memory bank starts with the warm-up's last 4 batches (1,024 images) instead of its last one",
-            full_start,
-            False,
-        ),
-        ("+ a 100-step warm-up whose last 16 batches (4,096 images) start the memory bank", long_warmup, False),
-        (
-            "instead of the disagreement term (on the first row): a memory bank of the newest 2,048 images only",
-            recent,
-            False,
-        ),
-        ("instead (on the first row): 2 generator steps per fresh batch", two_steps, False),
-        (
-            "instead (on the first row): 2 steps per fresh batch from a meta-learned start (Reptile, as Fast-DFKD: "
-            "the start moves half way to where the steps end)",
-            meta_start,
-            False,
-        ),
-        ("instead (on the first row): batches of 64, 40 epochs (2.7x the student's images)", longer, False),
-        (
-            "+ gradual pruning (on the second row): from 50% up to the target over the first 25 of the 30 epochs",
-            _kd(disagreement, gradual_epochs=25),
-            False,
-        ),
-    ]
-
-
-ABLATIONS = {"deepinversion": "recipe", "generator": "recipe-generator"}  # ablation -> results file stem
-ABLATION_SPARSITIES = {
-    "deepinversion": SPARSITIES,
-    "generator": (0.9,),
-}  # the generator's rows: where dreams fall short
 
 
 def ablation() -> list[tuple[str, Recipe, bool]]:
@@ -216,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("runs/recipe-cache"),
         help="dream sets and finished rows are kept here, so an interrupted run resumes",
     )
-    parser.add_argument("--ablation", choices=list(ABLATIONS), default="deepinversion", help="which rows to run")
     parser.add_argument(
         "--append", action="store_true", help="keep the rows --out already has (same idea); run only the others"
     )
@@ -228,15 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher, data = args.shared / TEACHER, args.shared / DATA
     if not teacher.is_file() or not data.is_dir():
         parser.error(f"{teacher} or {data} not found; pass --shared pointing at the shared/ assets folder")
-    rows_of = ablation if args.ablation == "deepinversion" else generator_ablation
-    recipes = [recipe for _, recipe, _ in rows_of()]
-    if args.ablation == "deepinversion" and (
-        dfkd.PRESETS["default"] not in recipes or dfkd.PRESETS["best"] not in recipes
-    ):
+    recipes = [recipe for _, recipe, _ in ablation()]
+    if dfkd.PRESETS["default"] not in recipes or dfkd.PRESETS["best"] not in recipes:
         print("note: the library's default or best preset is not a row of the ablation", file=sys.stderr)
 
     command = "python " + " ".join(["benchmarks/recipe.py", *(argv if argv is not None else sys.argv[1:])])
-    stem = args.out / ABLATIONS[args.ablation]
+    stem = args.out / "recipe"
     appending = args.append and stem.with_suffix(".json").is_file()
     earlier = json.loads(stem.with_suffix(".json").read_text()) if appending else {"rows": []}
     measured = {r["idea"]: r for r in earlier["rows"]}
@@ -254,15 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     dreams_by_setting: dict[DreamConfig, dfkd.DreamSet] = {}
     rows = record["rows"]
     started = time.perf_counter()
-    for idea, recipe, kept in rows_of():
+    for idea, recipe, kept in ablation():
         finished = args.cache / f"row-{_key(recipe)}.json"
         if idea in measured or finished.is_file():  # in the results already, or measured before an interruption
             rows.append((measured.get(idea) or json.loads(finished.read_text())) | {"idea": idea, "kept": kept})
             continue
         made_before = recipe.dream in dreams_by_setting or (args.cache / f"dreams-{_key(recipe.dream)}.pt").is_file()
-        fresh = recipe.generator is not None or not made_before  # dreamed for this row, not shared with another
-        row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": fresh}
-        row |= _measure(recipe, ABLATION_SPARSITIES[args.ablation], args, dreams_by_setting)
+        row = {"idea": idea, "kept": kept, "recipe": dataclasses.asdict(recipe), "fresh_dreams": not made_before}
+        row |= _measure(recipe, args, dreams_by_setting)
         rows.append(row)
         finished.write_text(json.dumps(row))
         print(f"{idea}: {row['recovered']} ({time.perf_counter() - started:.0f} s so far)", flush=True)
@@ -271,22 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(recipe: Recipe, sparsities: tuple[float, ...], args: argparse.Namespace, dreams_by_setting: dict) -> dict:
-    """One row's figures: the recipe run at every sparsity on the ablation's teacher. A fixed dream set is
-    made once per dream setting and kept in ``args.cache``; a generator dreams anew in every run."""
+def _measure(recipe: Recipe, args: argparse.Namespace, dreams_by_setting: dict) -> dict:
+    """One row's figures: the recipe run at every sparsity on the ablation's teacher. The dream set is
+    made once per dream setting and kept in ``args.cache``."""
     teacher, data = args.shared / TEACHER, args.shared / DATA
     dream_file = args.cache / f"dreams-{_key(recipe.dream)}.pt"
-    online = recipe.generator is not None
-    if not online and recipe.dream not in dreams_by_setting and dream_file.is_file():
+    if recipe.dream not in dreams_by_setting and dream_file.is_file():
         dreams_by_setting[recipe.dream] = dfkd.DreamSet.load(dream_file)
     row: dict = {"recovered": {}}
     refit_distill_s = []
-    for sparsity in sparsities:
+    for sparsity in SPARSITIES:
         config = dfkd.RecoveryConfig(
             teacher=str(teacher), data=str(data), sparsity=sparsity, recipe=recipe, baselines=(), device=args.device
         )
-        result = dfkd.run_recovery(config, dreams=None if online else dreams_by_setting.get(recipe.dream))
-        if not online and recipe.dream not in dreams_by_setting:
+        result = dfkd.run_recovery(config, dreams=dreams_by_setting.get(recipe.dream))
+        if recipe.dream not in dreams_by_setting:
             result.dreams.save(dream_file)
             dreams_by_setting[recipe.dream] = result.dreams
         row["recovered"][f"{sparsity}"] = round(result.recovered_acc, 2)

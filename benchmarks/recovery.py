@@ -25,7 +25,12 @@ import sys
 from pathlib import Path
 
 import torch
-from tables import cached_dreams, keep_dreams, rerender  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
+from tables import (  # benchmarks/tables.py: run as `python benchmarks/<script>.py`
+    cached_dreams,
+    current_recipe,
+    keep_dreams,
+    rerender,
+)
 
 import dfkd_core as dfkd
 from dfkd_core.prune import SCOPES
@@ -56,27 +61,10 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-KNOB_WORDS = {  # generator knobs named in a recipe's words when they differ from the library's defaults
-    "adi": "disagreement weight",
-    "diversity": "diversity weight",
-    "meta_rate": "meta rate",
-    "steps_per_batch": "steps per batch",
-    "initial_bank": "initial bank of batches",
-    "bank_size": "bank of images",
-}
-
-
 def recipe_words(recipe: dict) -> str:
     """A recorded recipe (``settings.recipe`` of a report) in a few words, with its preset's name when it is one."""
-    dream, kd, online = recipe["dream"], recipe["distill"], recipe.get("generator")
-    if online:
-        made = f"a generator ({online['warmup_steps']}-step warm-up, a fresh batch of {online['batch_size']} every "
-        made += f"{online['distill_steps']} student steps"
-        defaults = dataclasses.asdict(dfkd.GeneratorConfig())
-        changed = {k: v for k, v in online.items() if k in KNOB_WORDS and v != defaults[k]}
-        made += "".join(f", {KNOB_WORDS[k]} {v:g}" for k, v in changed.items()) + ")"
-    else:
-        made = f"{dream['num_images']:,} dreams x {dream['steps']} steps"
+    dream, kd = recipe["dream"], recipe["distill"]
+    made = "a generator" if recipe.get("generator") else f"{dream['num_images']:,} dreams x {dream['steps']} steps"
     words = (
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}"
@@ -90,29 +78,21 @@ def recipe_words(recipe: dict) -> str:
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
         + (", student dropout on" if kd["dropout"] else "")
     )
-    recorded = {"generator": None, **recipe}  # records from before the generator existed dreamed with DeepInversion
     names = [
-        name for name, preset in dfkd.PRESETS.items() if json.loads(json.dumps(dataclasses.asdict(preset))) == recorded
+        name
+        for name, preset in dfkd.PRESETS.items()
+        if json.loads(json.dumps(dataclasses.asdict(preset))) == current_recipe(recipe)
     ]
     return f"preset `{names[0]}` ({words})" if names else f"recipe: {words}"
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    online = rows[0]["settings"]["recipe"].get("generator") is not None
-    timing = (
-        [
-            "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the generator",
-            "dreams anew in every row, and its time (warm-up and fresh batches) is *dream s*, the student's steps",
-            '*distill s* ("-": not run). Each baseline runs the same schedule on as many noise or real images.',
-        ]
-        if online
-        else [
-            "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the dreams are",
-            "made once per teacher (first row) and reused at every sparsity, so *total* counts the dream time",
-            'in the first row of each teacher only ("-": not run). Each baseline runs the same refit and',
-            "distillation on as many noise or real images.",
-        ]
-    )
+    timing = [
+        "Accuracies: top-1 % on the full test split. Times: seconds of wall clock per stage; the dreams are",
+        "made once per teacher (first row) and reused at every sparsity, so *total* counts the dream time",
+        'in the first row of each teacher only ("-": not run). Each baseline runs the same refit and',
+        "distillation on as many noise or real images.",
+    ]
     if any("dream_cached" in r["timings_s"] for r in rows):
         timing.append("*(n)*: dreams loaded from `--dream-cache`; making them took n seconds, as recorded in the file.")
     lines = [
@@ -159,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dream-cache", type=Path, help="keep each teacher's dreams here, and reuse them if present")
     parser.add_argument("--append", action="store_true", help="add the rows to those of --out/recovery.json")
     parser.add_argument("--preset", default="default", choices=list(dfkd.PRESETS), help="recipe preset")
-    parser.add_argument("--synthesis", choices=["generator", "deepinversion"], help="override the preset's synthesis")
     parser.add_argument(
         "--gradual-epochs", type=int, help="override the preset's distill gradual_epochs (0 = pruned in one cut)"
     )
@@ -180,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         parser.error(f"{data} not found; pass --shared pointing at the shared/ assets folder")
     gradual = {} if args.gradual_epochs is None else {"gradual_epochs": args.gradual_epochs}
-    recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), distill=gradual, synthesis=args.synthesis)
+    recipe = dfkd.with_overrides(dfkd.get_preset(args.preset), distill=gradual)
     args.out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads((args.out / "recovery.json").read_text()) if args.append else {"meta": {}, "rows": []}
     rows = earlier["rows"]
     for name in args.teachers:
         checkpoint = args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[name]
-        dreams = cached_dreams(args.dream_cache, name, recipe) if recipe.generator is None else None
+        dreams = cached_dreams(args.dream_cache, name, recipe)
         for sparsity, scope in ((sparsity, scope) for sparsity in args.sparsities for scope in args.scopes):
             config = dfkd.RecoveryConfig(
                 teacher=str(checkpoint),
@@ -198,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
             )
             result = dfkd.run_recovery(config, dreams=dreams)
-            if recipe.generator is None:  # a generator dreams anew every run
-                dreams = result.dreams
-                keep_dreams(args.dream_cache, name, dreams)
+            dreams = result.dreams
+            keep_dreams(args.dream_cache, name, dreams)
             report = result.report()
             report.pop("layers")
             report["name"] = name

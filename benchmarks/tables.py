@@ -1,5 +1,5 @@
 """What the benchmark scripts share: rewriting a result's markdown table from its JSON, without a run,
-and a cache of each teacher's dreams across runs."""
+reading the recipes older results recorded, and a cache of each teacher's dreams across runs."""
 
 from __future__ import annotations
 
@@ -27,6 +27,17 @@ def rerender(results: Path, markdown: Callable[[dict[str, Any]], str]) -> int:
     results.with_suffix(".md").write_text(table)
     print(table)
     return 0
+
+
+# Knobs since retired (benchmarks/archive.md) that older results still record, each with the value that is now the
+# library's only behaviour; a result recording another value ran a recipe the library no longer has.
+RETIRED = {"generator": None}  # the generator synthesis: DeepInversion's fixed set is the only way to dream
+
+
+def current_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recorded recipe (``settings.recipe`` of a report) as the library records one now: without the retired knobs
+    it holds at what the library now always does (any other value stays, so that it equals no current recipe)."""
+    return {k: v for k, v in recipe.items() if k not in RETIRED or v != RETIRED[k]}
 
 
 def cached_dreams(cache: Path | None, teacher: str, recipe: dfkd.Recipe) -> dfkd.DreamSet | None:

@@ -94,8 +94,7 @@ INTRO = f"""
 1. **Prune**: remove most of the weights (or whole channels, for a network that runs faster) of a pretrained
    CIFAR-10 classifier and watch its accuracy fall off a cliff.
 2. **Dream**: starting from random noise, DeepInversion paints images that the network recognizes,
-   guided only by the statistics its BatchNorm layers remember from training (or a small generator learns to
-   paint a fresh batch every few distillation steps).
+   guided only by the statistics its BatchNorm layers remember from training.
 3. **Refit and distill**: the pruned network learns to answer like the original on those dreams, and its accuracy
    climbs back, next to what the same recipe on plain noise gives.
 
@@ -180,7 +179,6 @@ class Deployment:
         return {
             "teacher": list(self.teachers),
             "granularity": [("weights", "weight"), ("channels", "channel")],
-            "synthesis": [("a fixed set (DeepInversion)", "deepinversion"), ("a generator", "generator")],
             "budget": [(b.label, name) for name, b in BUDGETS.items()],
         }
 
@@ -372,7 +370,6 @@ class RunHandler:
                 refit=refits,
                 showcase=plan.showcase,
                 granularity=settings.granularity,
-                generator=settings.synthesis == "generator",
             )
             budget = BUDGETS[settings.budget]
             if budget.needs_gpu and not self.deployment.on_gpu:

@@ -196,7 +196,6 @@ def example_outputs(folder: Path = EXAMPLE_DIR) -> dict[str, Any]:
             refit=recipe["refit"] is not None,
             showcase=len(snapshot.labels) // len(snapshot.classes),
             granularity=settings["granularity"],
-            generator=settings.get("synthesis") == "generator",
         )
         for item in replay(recording, snapshot):
             shown |= view.apply(item)

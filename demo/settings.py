@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfkd_core import PRESETS, Recipe, RecoveryConfig, get_preset, help_of, with_overrides
-from dfkd_core.pipeline import SYNTHESES
 from dfkd_core.prune import GRANULARITIES, check_sparsity
 
 __all__ = [
@@ -156,16 +155,6 @@ CONTROLS: tuple[Control, ...] = (
         choices=GRANULARITIES,
     ),
     Control(
-        "synthesis",
-        label="Dreams",
-        kind="radio",
-        info="deepinversion: a fixed set, each dream optimized step by step, as in the paper · generator: a small "
-        "network dreams a fresh batch every 16 distillation steps (ResNet-20: 57% of the time; as accurate at "
-        "50-75%, 1.9 points lower at 90%)",
-        default=Recipe().synthesis,
-        choices=SYNTHESES,
-    ),
-    Control(
         "budget",
         label="Budget",
         kind="radio",
@@ -200,7 +189,6 @@ class Settings:
     teacher: str  # registry id or local checkpoint path
     sparsity: float
     granularity: str  # "weight" or "channel"
-    synthesis: str  # "deepinversion" (a fixed set of dreams) or "generator" (fresh batches during distillation)
     budget: str  # a key of BUDGETS
     num_images: int
     steps: int
@@ -217,7 +205,7 @@ class Settings:
             for section in ("dream", "distill")
         }
         preset = get_preset(self.budget, self.granularity)  # channels: pruned gradually
-        return with_overrides(preset, **overrides, synthesis=self.synthesis)
+        return with_overrides(preset, **overrides)
 
 
 class InputError(ValueError):
@@ -230,15 +218,8 @@ MAX_WORK = {"cpu": 600_000, "gpu": 4_800_000}
 
 
 def work_of(settings: Settings) -> int:
-    """A run's work in image-steps: every dream is optimized ``steps`` times and seen once per epoch; a
-    generator's batches are each made once and its memory bank is sampled as many times as a fixed set."""
-    recipe = settings.recipe()
-    generator, distill = recipe.generator, recipe.distill
-    if generator is None:
-        return settings.num_images * (settings.steps + settings.epochs)
-    batches = generator.warmup_steps + settings.epochs * generator.batches_per_epoch * generator.steps_per_batch
-    seen = settings.epochs * generator.batches_per_epoch * generator.distill_steps * distill.batch_size
-    return generator.batch_size * batches + seen
+    """A run's work in image-steps: every dream is optimized ``steps`` times and seen once per epoch."""
+    return settings.num_images * (settings.steps + settings.epochs)
 
 
 def describe_work_limit(on_gpu: bool) -> str:
@@ -255,11 +236,6 @@ def check_work(settings: Settings, on_gpu: bool) -> Settings:
     """``settings`` if their work fits this device's cap; :class:`InputError` saying what to lower otherwise."""
     limit = MAX_WORK["gpu" if on_gpu else "cpu"]
     work = work_of(settings)
-    if work > limit and settings.synthesis == "generator":
-        raise InputError(
-            f"The generator's run is {work:,} image-steps, above this app's limit of {limit:,} on "
-            f"{'a GPU' if on_gpu else 'a CPU'}. Lower the epochs."
-        )
     if work > limit:
         raise InputError(
             f"Dream count x (dreaming steps + distillation epochs) = {settings.num_images:,} x "

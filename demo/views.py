@@ -154,7 +154,6 @@ class LiveView:
         refit: bool = True,
         showcase: int = 0,
         granularity: str = "weight",
-        generator: bool = False,
     ):
         self.title, self.sparsity, self.epochs, self.device = title, sparsity, epochs, device
         self.removed = "the MACs (whole channels)" if granularity == "channel" else "the weights"
@@ -162,8 +161,6 @@ class LiveView:
             s for s in STAGES if (refit or s is not Stage.REFIT) and (showcase or s is not Stage.SHOWCASE)
         )
         self.watched = Stage.SHOWCASE if showcase else Stage.DREAM  # whose dreams the gallery shows
-        # ... and then, a generator's samples: while it warms up, and each fresh batch during distillation
-        self.shown = {self.watched, Stage.DREAM, Stage.DISTILL} if generator else {self.watched, Stage.DISTILL}
         self.per_class = showcase or DREAMS_PER_CLASS
         self.started = time.perf_counter()
         self.losses_drawn = -math.inf
@@ -195,7 +192,7 @@ class LiveView:
                 self.losses.append((item.step, dict(item.metrics)))
             return {"status": self.status()}
         if isinstance(item, ImagesReady):
-            if item.stage not in self.shown:
+            if item.stage is not self.watched:
                 return {}
             caption = step_caption(item.step, item.total) if self.watched is Stage.SHOWCASE else ""
             tiles = dream_tiles(item.images, item.labels, item.classes, self.per_class, caption=caption)

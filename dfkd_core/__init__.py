@@ -6,7 +6,6 @@ The method, top-down (one module per stage):
     prune     prune_model, make_permanent      L1 magnitude pruning of weights, or of whole channels -> the student
               GradualPruning                   ... or a little more at each distillation epoch
     dream     dream, iter_dream                DeepInversion: a transfer set from BatchNorm statistics
-    generator DreamStream, iter_warmup         a generator that dreams a fresh batch every few distillation steps
     refit     refit, iter_refit                least-squares refit of each pruned layer on the dreams
     distill   distill, iter_distill            knowledge distillation from teacher to student on the dreams
     evaluate  evaluate, load_eval_set          top-1 on the held-out split (measuring only); size and CPU latency
@@ -41,7 +40,6 @@ from .events import (
     StageFinished,
     StageStarted,
 )
-from .generator import DreamStream, GeneratorConfig, iter_warmup
 from .outputs import write_outputs
 from .pipeline import PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, run_recovery, with_overrides
 from .progress import ProgressBars
@@ -54,10 +52,8 @@ __all__ = [
     "DistillConfig",
     "DreamConfig",
     "DreamSet",
-    "DreamStream",
     "Event",
     "Finished",
-    "GeneratorConfig",
     "GradualPruning",
     "ImageSet",
     "ImagesReady",
@@ -86,7 +82,6 @@ __all__ = [
     "iter_distill",
     "iter_dream",
     "iter_refit",
-    "iter_warmup",
     "list_architectures",
     "list_teachers",
     "load_checkpoint",

@@ -24,43 +24,24 @@ from ._version import __version__
 from .device import limit_threads
 from .dream import DreamSet
 from .events import Finished, Stage, StageFinished
-from .generator import GeneratorConfig
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
-from .pipeline import (
-    BASELINES,
-    PRESETS,
-    SYNTHESES,
-    Recipe,
-    RecoveryConfig,
-    RecoveryResult,
-    get_preset,
-    recover,
-    with_overrides,
-)
+from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
 from .prune import GRANULARITIES, SCOPES
 from .refit import RefitConfig
 from .zoo import get_pretrained, list_teachers
 
 EXIT_USAGE = 2
-RECIPE_SECTIONS = ("dream", "generator", "refit", "distill")  # the Recipe fields, each a flag prefix: --dream-steps
+RECIPE_SECTIONS = ("dream", "refit", "distill")  # the Recipe fields, each a flag prefix: --dream-steps, ...
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     default = get_preset("default")
     for section in RECIPE_SECTIONS:
-        config = getattr(default, section) or {"refit": RefitConfig(), "generator": GeneratorConfig()}[section]
+        config = getattr(default, section) or RefitConfig()
         group = parser.add_argument_group(
             f"{section} (overrides the preset; defaults shown are the 'default' preset's)"
         )
-        if section == "generator":
-            group.add_argument(
-                "--synthesis",
-                choices=SYNTHESES,
-                default=None,
-                help="dream with a generator that makes a fresh batch every few distillation steps, or a fixed set "
-                "with DeepInversion (default: as the preset)",
-            )
         if section == "refit":
             group.add_argument(
                 "--refit",
@@ -98,9 +79,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Recipe:
         overrides["dream"],
         overrides["distill"],
         overrides["refit"],
-        overrides["generator"],
         use_refit=args.use_refit,
-        synthesis=args.synthesis,
     )
 
 
@@ -281,13 +260,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     try:
         for event in recover(config, dreams):
             bars(event)
-            fixed_set = config.recipe.generator is None  # a generator's warm-up batch is no transfer set to reuse
-            if (
-                fixed_set
-                and isinstance(event, StageFinished)
-                and event.stage is Stage.DREAM
-                and "dreams" in event.summary
-            ):
+            if isinstance(event, StageFinished) and event.stage is Stage.DREAM and "dreams" in event.summary:
                 kept = event.summary["dreams"].save(Path(args.out) / "dreams.pt")
             if isinstance(event, Finished):
                 result = event.result

@@ -6,10 +6,8 @@ BatchNorm output of the student has a counterpart in the teacher, and matching t
 layer gives far more signal per image than the ten logits alone. A student that lost whole
 channels is matched on the teacher channels it kept (its layers' ``kept_channels``).
 
-Training images are whatever the caller passes: a fixed tensor set (dreams for recovery, Gaussian
-noise or a handful of real images for the baselines), or a :class:`~dfkd_core.generator.ImageStream`
-(a generator) that dreams a fresh batch every few steps (online distillation: the student samples its batches
-from a memory bank the fresh batches join). This module never loads data itself.
+Training images are whatever tensor set the caller passes - dreams for recovery, Gaussian
+noise or a handful of real images for the baselines. This module never loads data itself.
 Pruning masks stay attached, so pruned weights remain exactly zero throughout; with a
 :class:`~dfkd_core.prune.GradualPruning` schedule the student loses more of them at the start of each
 epoch until it reaches the target sparsity.
@@ -39,7 +37,6 @@ from torch import nn
 from ._knobs import knob, require_finite, require_positive_int
 from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
-from .generator import ImageStream
 from .prune import GradualPruning
 from .zoo import Normalization
 
@@ -209,7 +206,7 @@ class _Session:
 
     student: nn.Module
     teacher: nn.Module
-    images: torch.Tensor | ImageStream
+    images: torch.Tensor
     normalization: Normalization
     config: DistillConfig
     optimizer: torch.optim.Optimizer
@@ -226,10 +223,8 @@ class _Session:
         return _steps_per_epoch(self.images, self.config)
 
 
-def _steps_per_epoch(images: torch.Tensor | ImageStream, config: DistillConfig) -> int:
-    """One pass over a fixed set; for a stream, ``batches_per_epoch`` fresh batches."""
-    if isinstance(images, ImageStream):
-        return images.config.batches_per_epoch * images.config.distill_steps
+def _steps_per_epoch(images: torch.Tensor, config: DistillConfig) -> int:
+    """One pass over the transfer set."""
     return math.ceil(len(images) / config.batch_size)
 
 
@@ -276,18 +271,11 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     for m in student.modules():
         if (isinstance(m, _BN) and config.bn_mode == "frozen") or (isinstance(m, _DROPOUT) and not config.dropout):
             m.eval()
-    images, total = session.images, config.epochs * session.steps_per_epoch
-    order = torch.randperm(len(images), generator=session.generator) if isinstance(images, torch.Tensor) else None
+    order = torch.randperm(len(session.images), generator=session.generator)
+    total = config.epochs * session.steps_per_epoch
     epoch_loss, seen = 0.0, 0
     for i in range(session.steps_per_epoch):
-        step = (epoch - 1) * session.steps_per_epoch + i + 1
-        if order is not None:
-            batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]]
-        else:
-            if i % images.config.distill_steps == 0:
-                yield from images.refill(session.stage, step, total)
-            batch = images.sample(config.batch_size, session.generator)
-        batch = batch.to(session.device)
+        batch = session.images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(session.device)
         batch = augment(batch, config.crop_padding, config.flip, session.generator)
         if config.cutmix:
             batch = cutmix(batch, session.generator)
@@ -304,6 +292,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         session.schedule.step()
         epoch_loss += value * len(batch)
         seen += len(batch)
+        step = (epoch - 1) * session.steps_per_epoch + i + 1
         yield Progress(session.stage, step, total, {"loss": value, **shown})
     return epoch_loss / seen
 
@@ -320,14 +309,8 @@ def _lr_factor(total: int, warmup_steps: float) -> Callable[[int], float]:
     return factor
 
 
-def _transfer_set(images: torch.Tensor | ImageStream, config: DistillConfig) -> str:
+def _transfer_set(images: torch.Tensor, config: DistillConfig) -> str:
     """What distillation will train on, in words; ``ValueError`` if there is nothing to train on."""
-    if isinstance(images, ImageStream):
-        if not len(images.bank):
-            raise ValueError("the dream stream's memory bank is empty; warm the generator up first (iter_warmup)")
-        return (
-            f"{config.epochs} epochs of {images.config.batches_per_epoch} fresh batches of {images.config.batch_size}"
-        )
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"distillation needs a non-empty (N, 3, H, W) image tensor, got shape {tuple(images.shape)}")
     return f"{config.epochs} epochs over {len(images)} images"
@@ -336,7 +319,7 @@ def _transfer_set(images: torch.Tensor | ImageStream, config: DistillConfig) -> 
 def iter_distill(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor | ImageStream,
+    images: torch.Tensor,
     normalization: Normalization,
     config: DistillConfig = DistillConfig(),
     *,
@@ -408,7 +391,7 @@ def iter_distill(
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor | ImageStream,
+    images: torch.Tensor,
     normalization: Normalization,
     config: DistillConfig = DistillConfig(),
     *,
@@ -418,8 +401,7 @@ def distill(
     callback: Callable[[Event], None] | None = None,
     gradual: GradualPruning | None = None,
 ) -> DistillResult:
-    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]), or on the fresh
-    batches of a :class:`~dfkd_core.generator.ImageStream` (online distillation).
+    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]).
 
     ``evaluate_fn(student) -> accuracy`` is called every ``config.eval_every`` epochs and
     its values form ``DistillResult.history``. ``callback(event)`` sees every event.

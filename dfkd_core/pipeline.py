@@ -43,7 +43,6 @@ from .events import (
     StageStarted,
     drain,
 )
-from .generator import DreamStream, GeneratorConfig, ImageStream, ReplayStream, iter_warmup
 from .prune import (
     GradualPruning,
     LayerSparsity,
@@ -64,7 +63,6 @@ __all__ = [
     "Recipe",
     "RecoveryConfig",
     "RecoveryResult",
-    "SYNTHESES",
     "get_preset",
     "recover",
     "run_recovery",
@@ -74,27 +72,15 @@ __all__ = [
 SHOWCASE_STEPS = DreamConfig().steps  # the showcase always gets the recommended step count: dreams that have formed
 MAX_SEED = 2**63 - 1  # seeds are given to torch generators, and seed + 1 seeds the noise baseline
 BASELINES = (Network.NOISE.value, Network.REAL.value)  # same-budget baselines: distillation on noise, on real images
-SYNTHESES = ("generator", "deepinversion")  # a generator dreaming fresh batches during distillation, or a fixed set
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to dream, refit and distill: everything that decides recovered accuracy and time.
-
-    With ``generator`` set, a generator dreams a fresh batch every few distillation steps (online
-    distillation; ``distill.epochs`` then counts ``generator.batches_per_epoch`` fresh batches);
-    without it, DeepInversion dreams a fixed set of ``dream.num_images`` first.
-    """
+    """How to dream, refit and distill: everything that decides recovered accuracy and time."""
 
     dream: DreamConfig = field(default_factory=DreamConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     refit: RefitConfig | None = None  # layer-wise refit before distillation (None = skip)
-    generator: GeneratorConfig | None = None  # online generator synthesis (None = DeepInversion's fixed set)
-
-    @property
-    def synthesis(self) -> str:
-        """ "generator" or "deepinversion": how this recipe dreams."""
-        return SYNTHESES[0] if self.generator is not None else SYNTHESES[1]
 
 
 PRESETS: dict[str, Recipe] = {
@@ -139,17 +125,14 @@ def with_overrides(
     dream: dict[str, Any] | None = None,
     distill: dict[str, Any] | None = None,
     refit: dict[str, Any] | None = None,
-    generator: dict[str, Any] | None = None,
     *,
     use_refit: bool | None = None,
-    synthesis: str | None = None,
 ) -> Recipe:
     """A copy of ``recipe`` with some knobs changed, e.g. ``with_overrides(r, {"steps": 50})``.
 
     ``use_refit`` switches the refit on or off (``None`` keeps the recipe's choice); ``refit``
     knobs need it on. New ``epochs`` keep the recipe's share of them pruned gradually, unless
-    ``gradual_epochs`` is given too. ``synthesis`` ("generator" or "deepinversion", ``None`` keeps the recipe's)
-    chooses how to dream; ``generator`` knobs need the generator.
+    ``gradual_epochs`` is given too.
     """
     on = recipe.refit is not None if use_refit is None else use_refit
     if not on and refit:
@@ -157,27 +140,13 @@ def with_overrides(
             f"refit settings ({', '.join(refit)}) given, but this recipe does not refit; switch it on as well "
             "(use_refit=True; --refit on the command line) or use a preset that refits (quick)"
         )
-    if synthesis is not None and synthesis not in SYNTHESES:
-        raise ValueError(f"unknown synthesis {synthesis!r}; choose one of: {', '.join(SYNTHESES)}")
-    dreams_online = recipe.generator is not None if synthesis is None else synthesis == SYNTHESES[0]
-    if not dreams_online and generator:
-        raise ValueError(
-            f"generator settings ({', '.join(generator)}) given, but this recipe dreams with DeepInversion; "
-            "choose the generator as well (synthesis='generator'; --synthesis generator on the command line)"
-        )
     distill = dict(distill or {})
     if "epochs" in distill and "gradual_epochs" not in distill and recipe.distill.gradual_epochs:
         distill["gradual_epochs"] = max(
             1, round(recipe.distill.gradual_epochs * distill["epochs"] / recipe.distill.epochs)
         )
     refit_config = replace(recipe.refit or RefitConfig(), **(refit or {})) if on else None
-    generator_config = replace(recipe.generator or GeneratorConfig(), **(generator or {})) if dreams_online else None
-    return Recipe(
-        replace(recipe.dream, **(dream or {})),
-        replace(recipe.distill, **distill),
-        refit_config,
-        generator_config,
-    )
+    return Recipe(replace(recipe.dream, **(dream or {})), replace(recipe.distill, **distill), refit_config)
 
 
 @dataclass(frozen=True)
@@ -368,7 +337,6 @@ class _Run:
     baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per epoch, like the curve
     sizes: dict[str, ModelSize] = field(default_factory=dict)
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)
-    stream: ImageStream | None = None  # the generator, when the recipe dreams online
     gradual: GradualPruning | None = None  # pruning during distillation, when the recipe prunes gradually
 
     @property
@@ -510,18 +478,11 @@ def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
 
 
 def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
-    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported).
-
-    A generator recipe warms its generator up here; its last batches start the memory bank, and the
-    generator goes on dreaming during distillation (``run.stream``).
-    """
+    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported)."""
     assert run.teacher is not None
-    recipe, seed = run.config.recipe, run.config.seed
-    if dreams is None and recipe.generator is not None:
-        run.stream = DreamStream(run.teacher, recipe.generator, student=student, device=run.device, seed=seed)
-        dreams = yield from iter_warmup(run.stream, seed=seed)
-    elif dreams is None:
-        dreams = yield from iter_dream(run.teacher, recipe.dream, student=student, device=run.device, seed=seed)
+    if dreams is None:
+        recipe = run.config.recipe.dream
+        dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=run.config.seed)
     else:
         yield StageStarted(Stage.DREAM, 0, f"reusing {len(dreams)} dreams made earlier")
         yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
@@ -553,19 +514,16 @@ def _refit(run: _Run, student: nn.Module, dreams: DreamSet) -> Generator[Event, 
 
 def _distill(
     run: _Run, student: nn.Module, dreams: DreamSet, start: float
-) -> Generator[Event, None, tuple[list[tuple[int, float]], DreamSet]]:
-    """Distillation on the dreams, or on the generator's fresh batches; returns the accuracy curve (epoch 0
-    being ``start``) and the dreams the student last learned from (a generator's whole memory bank).
-    The generator's time counts as dreaming, the rest as distillation."""
-    teacher, stream = run.teacher, run.stream
+) -> Generator[Event, None, list[tuple[int, float]]]:
+    """Distillation on the dreams; returns the accuracy curve, epoch 0 being ``start``."""
+    teacher = run.teacher
     assert teacher is not None
     t0 = time.perf_counter()
-    dreaming = stream.seconds if stream is not None else 0.0
     yield MetricLogged(Stage.DISTILL, Metric.CURVE_ACCURACY, Network.RECOVERED, start, 0)
     result = yield from iter_distill(
         student,
         teacher.model,
-        stream if stream is not None else dreams.images,
+        dreams.images,
         teacher.normalization,
         run.config.recipe.distill,
         evaluate_fn=run.measure_curve,
@@ -574,11 +532,7 @@ def _distill(
         gradual=run.gradual,
     )
     run.timings[Stage.DISTILL] = time.perf_counter() - t0
-    if stream is not None:
-        run.timings[Stage.DREAM] += stream.seconds - dreaming
-        run.timings[Stage.DISTILL] -= stream.seconds - dreaming
-        dreams = stream.dreams(run.config.seed)
-    return [(0, start), *result.history], dreams
+    return [(0, start), *result.history]
 
 
 def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Event, None, Any]:
@@ -597,33 +551,15 @@ def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Ev
         events.close()
 
 
-def _baseline_images(run: _Run, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` transfer images and labels: Gaussian noise (labels 0), or real training images for the oracle."""
+def _baseline_images(run: _Run, name: str, count: int) -> torch.Tensor:
+    """``count`` transfer images: Gaussian noise, or real training images for the oracle."""
     assert run.teacher is not None
     if name == Network.NOISE:
         generator = torch.Generator().manual_seed(run.config.seed + 1)
         noise = torch.randn(count, 3, *run.input_size[1:], generator=generator)
-        return run.teacher.normalization.denormalize(noise).clamp(0, 1), torch.zeros(count, dtype=torch.long)
+        return run.teacher.normalization.denormalize(noise).clamp(0, 1)
     per_class = max(1, count // run.teacher.num_classes)
-    real = load_train_subset(run.config.data, per_class, seed=run.config.seed)
-    return real.images.float() / 255, real.labels
-
-
-def _baseline_source(run: _Run, name: str, dreams: DreamSet) -> torch.Tensor | ImageStream:
-    """What a baseline trains on: as many images as the dreams, or - for a generator recipe - a stream
-    that hands out as many images as the generator made, on its schedule."""
-    recipe = run.config.recipe
-    if recipe.generator is None or run.stream is None:
-        return _baseline_images(run, name, len(dreams))[0]
-    assert run.teacher is not None
-    initial = recipe.generator.initial_bank  # the warm-up's batches, then the fresh ones
-    batches = initial + recipe.distill.epochs * recipe.generator.batches_per_epoch
-    stream = ReplayStream(
-        run.teacher, recipe.generator, *_baseline_images(run, name, batches * recipe.generator.batch_size)
-    )
-    for _ in range(initial):
-        stream.remember(*stream.step()[:2])
-    return stream
+    return load_train_subset(run.config.data, per_class, seed=run.config.seed).images.float() / 255
 
 
 def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Generator[Event, None, float]:
@@ -632,7 +568,7 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
     assert teacher is not None
     network = Network(name)
     t0 = time.perf_counter()
-    images = _baseline_source(run, name, dreams)
+    images = _baseline_images(run, name, len(dreams))
     student = _student(run, pruned)
     what = "noise baseline" if network is Network.NOISE else "real-data oracle (not data-free)"
     start = run.references[Network.PRUNED]
@@ -641,7 +577,7 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
             iter_refit(
                 student,
                 teacher.model,
-                images.dreams().images if isinstance(images, ImageStream) else images,
+                images,
                 teacher.normalization,
                 recipe.refit,
                 device=run.device,
@@ -720,13 +656,9 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
     student = _student(run, pruned)
     showcase = yield from _showcase(run)
     dreams = yield from _dream(run, student, dreams)
-    try:
-        refit = yield from _refit(run, student, dreams)
-        start = run.references[Network.REFIT if refit is not None else Network.PRUNED]
-        curve, dreams = yield from _distill(run, student, dreams, start)
-    finally:
-        if run.stream is not None:
-            run.stream.close()
+    refit = yield from _refit(run, student, dreams)
+    start = run.references[Network.REFIT if refit is not None else Network.PRUNED]
+    curve = yield from _distill(run, student, dreams, start)
     if run.gradual is not None:  # the student's own sparsity, reached during distillation
         layers, sparsity = _removed(run, student)
     baselines: dict[str, float | None] = dict.fromkeys(BASELINES)

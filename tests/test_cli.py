@@ -129,19 +129,6 @@ def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     assert "invalid choice: 'filters'" in capsys.readouterr().err
 
 
-def test_recover_with_the_generator_writes_the_dreams_it_made(teacher_checkpoint, image_root, tmp_path, capsys):
-    out = tmp_path / "online"
-    flags = ["--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out), *TINY_FLAGS]
-    generator = ["--synthesis", "generator", "--generator-batch-size", "20", "--generator-warmup-steps", "2"]
-    assert main(["recover", *flags, *generator, "--generator-width", "4", "--baselines", "none"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["recipe"]["generator"]["width"] == 4
-    assert report["dreams"]["settings"]["synthesis"] == "generator"
-    assert len(DreamSet.load(out / "dreams.pt")) == 20 * (1 + 2), "the warm-up's batch and one per 16 steps"
-    assert main(["recover", *flags, "--generator-width", "4"]) == 2
-    assert "--synthesis generator" in capsys.readouterr().err, "generator flags need the generator"
-
-
 def test_recipe_flags_are_generated_with_help(capsys):
     with pytest.raises(SystemExit):
         main(["recover", "--help"])

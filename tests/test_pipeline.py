@@ -26,7 +26,6 @@ from dfkd_core import (
     with_overrides,
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
-from dfkd_core.generator import GeneratorConfig
 from dfkd_core.plots import result_figure
 from dfkd_core.zoo import CIFAR10, Teacher, file_sha256
 
@@ -207,18 +206,12 @@ FROZEN = replace(EVERY_COMPONENT, distill=replace(EVERY_COMPONENT.distill, cutmi
 GRADUAL = replace(  # pruned from 20% to the target during distillation, without the refit (which needs one cut)
     EVERY_COMPONENT, distill=replace(EVERY_COMPONENT.distill, gradual_epochs=1, gradual_start=0.2), refit=None
 )
-GENERATOR = replace(  # online: a generator dreams fresh batches during distillation, with the disagreement term
-    EVERY_COMPONENT,
-    generator=GeneratorConfig(
-        latent_dim=8, width=4, batch_size=20, warmup_steps=2, distill_steps=2, batches_per_epoch=2, adi=1.0
-    ),
-)
 
 
 @pytest.mark.parametrize(
     "recipe",
-    [TINY, EVERY_COMPONENT, FROZEN, GRADUAL, GENERATOR],
-    ids=["tiny", "every-component", "frozen", "gradual", "generator"],
+    [TINY, EVERY_COMPONENT, FROZEN, GRADUAL],
+    ids=["tiny", "every-component", "frozen", "gradual"],
 )
 def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, monkeypatch, recipe):
     """The data-free guarantee: load, prune, dream, refit, distill and the noise baseline run with
@@ -458,30 +451,3 @@ def test_usable_cpus_follow_the_container_quota(tmp_path, files, expected):
         (tmp_path / name).write_text(text)
     cpus = len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path) == (min(cpus, expected) if expected else cpus)
-
-
-def test_a_generator_run_dreams_during_distillation_and_its_baselines_follow_the_same_schedule(
-    teacher_checkpoint, image_root
-):
-    config = replace(tiny_config(teacher_checkpoint, image_root, baselines=("noise", "real")), recipe=GENERATOR)
-    events = []
-    result = run_recovery(config, events.append)
-    fresh = [e for e in events if isinstance(e, ImagesReady) and e.stage is Stage.DISTILL]
-    assert len(fresh) == 2 * 2, "one fresh batch per distill_steps student steps"
-    made = 20 * (1 + 2 * 2)  # the warm-up's batch, then epochs x batches_per_epoch
-    assert len(result.dreams) == made and result.dreams.settings["synthesis"] == "generator"
-    assert result.report()["dreams"]["settings"]["batches_per_epoch"] == 2
-    baseline_starts = [e for e in events if isinstance(e, StageStarted) and e.stage is Stage.BASELINE]
-    assert any("fresh batches" in e.description for e in baseline_starts), "baselines are streamed like the dreams"
-    assert all(v is not None for v in result.baselines.values())
-    assert result.timings["dream"] > 0 and result.timings["distill"] > 0
-
-
-def test_synthesis_and_generator_overrides():
-    online = with_overrides(Recipe(), synthesis="generator", generator={"warmup_steps": 7})
-    assert online.synthesis == "generator" and online.generator.warmup_steps == 7
-    assert with_overrides(online, synthesis="deepinversion").generator is None
-    with pytest.raises(ValueError, match="--synthesis generator"):
-        with_overrides(Recipe(), generator={"lr": 0.1})
-    with pytest.raises(ValueError, match="unknown synthesis"):
-        with_overrides(Recipe(), synthesis="gan")

@@ -89,7 +89,6 @@ def ablation() -> list[tuple[str, Recipe, bool]]:
             True,
         ),
         ("+ peak lr 0.03 instead of 0.1", _kd(more_steps, lr=0.03), False),
-        ("+ learning rate warmed up from 0 over the first 2 epochs", _kd(more_steps, lr_warmup=2.0), False),
         (
             "+ gradual pruning: from 50% up to the target over the first 25 of the 30 epochs (Zhu & Gupta's cubic "
             "schedule; in `best`, below)",

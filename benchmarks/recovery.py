@@ -68,7 +68,7 @@ def recipe_words(recipe: dict) -> str:
     words = (
         f"{made}, {'' if recipe['refit'] else 'no '}refit, "
         f"distill {kd['epochs']} epochs in batches of {kd['batch_size']} at lr {kd['lr']}"
-        + (f" after a {kd['lr_warmup']:g}-epoch lr warm-up" if kd["lr_warmup"] else "")
+        + (f" after a {kd['lr_warmup']:g}-epoch lr warm-up" if kd.get("lr_warmup") else "")
         + (
             f", pruned gradually from {kd['gradual_start']:.0%} over {kd['gradual_epochs']} epochs"
             if kd.get("gradual_epochs")
@@ -76,7 +76,7 @@ def recipe_words(recipe: dict) -> str:
         )
         + ", "
         f"feature weight {kd['feature_weight']}, BatchNorm {kd['bn_mode']}, {'' if kd['cutmix'] else 'no '}cutmix"
-        + (", student dropout on" if kd["dropout"] else "")
+        + (", student dropout on" if kd.get("dropout") else "")
     )
     names = [
         name

@@ -32,12 +32,15 @@ def rerender(results: Path, markdown: Callable[[dict[str, Any]], str]) -> int:
 # Knobs since retired (benchmarks/archive.md) that older results still record, each with the value that is now the
 # library's only behaviour; a result recording another value ran a recipe the library no longer has.
 RETIRED = {"generator": None}  # the generator synthesis: DeepInversion's fixed set is the only way to dream
+RETIRED_DISTILL = {"lr_warmup": 0.0, "dropout": False}  # no learning-rate warm-up; the student's dropout off
 
 
 def current_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """A recorded recipe (``settings.recipe`` of a report) as the library records one now: without the retired knobs
     it holds at what the library now always does (any other value stays, so that it equals no current recipe)."""
-    return {k: v for k, v in recipe.items() if k not in RETIRED or v != RETIRED[k]}
+    kept = {k: v for k, v in recipe.items() if k not in RETIRED or v != RETIRED[k]}
+    distill = {k: v for k, v in recipe["distill"].items() if k not in RETIRED_DISTILL or v != RETIRED_DISTILL[k]}
+    return kept | {"distill": distill}
 
 
 def cached_dreams(cache: Path | None, teacher: str, recipe: dfkd.Recipe) -> dfkd.DreamSet | None:

@@ -21,6 +21,10 @@ BatchNorm policy (``bn_mode``):
   recalibrate on. This alone is worth several points at 75% sparsity.
 * ``"frozen"``: BatchNorm layers stay in eval mode with the teacher's running statistics and only
   their affine parameters train (the setting of the paper's reference recipe).
+
+The student's dropout (VGG's classifier, MobileNetV2's) stays off throughout: the teacher's soft labels
+on augmented, cutmixed dreams regularise enough, and dropped units at lr 0.1 cost a pruned VGG-11 3.1
+points at 50% (``benchmarks/results/vgg11/recovery-dropout-on.md``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .zoo import Normalization
 __all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "iter_distill"]
 
 _BN = nn.modules.batchnorm._BatchNorm
-_DROPOUT = nn.modules.dropout._DropoutNd
+_DROPOUT = nn.modules.dropout._DropoutNd  # the student's dropout layers: always off while it distills
 BN_MODES = ("train", "frozen")  # recalibrate the student's BatchNorm statistics on the dreams, or keep the teacher's
 
 
@@ -54,7 +58,6 @@ class DistillConfig:
     epochs: int = knob(30, "passes over the transfer set")
     batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
     lr: float = knob(0.1, "SGD peak learning rate, cosine-annealed to zero over all steps")
-    lr_warmup: float = knob(0.0, "epochs at the start over which the learning rate ramps up linearly to the schedule")
     momentum: float = knob(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
     temperature: float = knob(4.0, "softmax temperature T of the KL loss (scaled by T^2)")
@@ -63,9 +66,6 @@ class DistillConfig:
     flip: bool = knob(True, "random horizontal flip augmentation")
     bn_mode: str = knob("train", "'train' (recalibrate on dream batches) or 'frozen' (keep the teacher's statistics)")
     cutmix: bool = knob(True, "paste a box of another image of the batch into each image; the teacher labels the blend")
-    dropout: bool = knob(
-        False, "keep the student's dropout on while distilling (off: on costs VGG-11 3.1 points at 50%)"
-    )
     gradual_epochs: int = knob(
         0, "epochs over which the student is pruned gradually up to the target sparsity (0 = one cut beforehand)"
     )
@@ -76,7 +76,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
-        require_finite(self, "distill", "lr", "lr_warmup", "momentum", "weight_decay", "feature_weight")
+        require_finite(self, "distill", "lr", "momentum", "weight_decay", "feature_weight")
         require_finite(self, "distill", "temperature", positive=True)
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
@@ -89,8 +89,6 @@ class DistillConfig:
         require_finite(self, "distill", "gradual_start")
         if self.gradual_start >= 1:
             raise ValueError(f"distill gradual_start must be a sparsity in [0, 1), got {self.gradual_start!r}")
-        if self.lr_warmup > self.epochs:
-            raise ValueError(f"distill lr_warmup ({self.lr_warmup}) cannot exceed the {self.epochs} epochs")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"distill bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got {self.bn_mode!r}")
 
@@ -269,7 +267,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
             _follow_new_shapes(session)
     student.train()
     for m in student.modules():
-        if (isinstance(m, _BN) and config.bn_mode == "frozen") or (isinstance(m, _DROPOUT) and not config.dropout):
+        if (isinstance(m, _BN) and config.bn_mode == "frozen") or isinstance(m, _DROPOUT):
             m.eval()
     order = torch.randperm(len(session.images), generator=session.generator)
     total = config.epochs * session.steps_per_epoch
@@ -297,14 +295,12 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     return epoch_loss / seen
 
 
-def _lr_factor(total: int, warmup_steps: float) -> Callable[[int], float]:
-    """The learning rate of step ``s`` (from 0) as a fraction of the peak: a linear rise over the first
-    ``warmup_steps`` (a pruned student sits near a good minimum, and a full-size first step can throw
-    it far from there), times a cosine decay to zero over all ``total`` steps."""
+def _lr_factor(total: int) -> Callable[[int], float]:
+    """The learning rate of step ``s`` (from 0) as a fraction of the peak: a cosine decay to zero over all
+    ``total`` steps."""
 
     def factor(s: int) -> float:
-        rise = min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps > 0 else 1.0
-        return rise * 0.5 * (1 + math.cos(math.pi * s / total))
+        return 0.5 * (1 + math.cos(math.pi * s / total))
 
     return factor
 
@@ -349,9 +345,7 @@ def iter_distill(
         nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(total, config.lr_warmup * (total / config.epochs))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(total))
     kept = _shared_bn_names(student, teacher) if config.feature_weight > 0 else {}
     taps = (_FeatureTaps(student, list(kept)), _FeatureTaps(teacher, list(kept)))
     session = _Session(

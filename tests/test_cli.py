@@ -138,7 +138,6 @@ def test_recipe_flags_are_generated_with_help(capsys):
         "--dream-first-bn-multiplier",
         "--distill-temperature",
         "--distill-feature-weight",
-        "--no-distill-dropout",
         "--no-dream-flip",
         "--no-refit",
         "--refit-damping",

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["help_of", "knob", "require_finite", "require_positive_int"]
+__all__ = ["help_of", "knob", "parse_knob", "require_finite", "require_positive_int"]
 
 
 def knob(default: Any, help: str) -> Any:
@@ -39,3 +39,23 @@ def require_finite(config: Any, section: str, *names: str, positive: bool = Fals
         if not ok or value < 0 or (positive and value == 0):
             bound = "> 0" if positive else ">= 0"
             raise ValueError(f"{section} {name} must be a finite number {bound}, got {value!r}")
+
+
+def parse_knob(text: str, default: Any) -> Any:
+    """``text`` (from a command line or a form) as a value of a knob whose default is ``default``: a whole
+    number, a number, or a word; a word knob that also takes numbers (``distill.lr``: ``auto`` or a rate)
+    gets a number when ``text`` is one. ``ValueError`` saying what was expected otherwise."""
+    if isinstance(default, bool):
+        raise ValueError("a switch takes no value")
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ValueError(f"expected {kind}, got {text!r}") from None
+    try:
+        return float(text)
+    except ValueError:
+        return text

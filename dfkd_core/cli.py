@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._knobs import help_of
+from ._knobs import help_of, parse_knob
 from ._version import __version__
 from .device import limit_threads
 from .dream import DreamSet
@@ -61,11 +61,24 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(
                     flag,
                     dest=dest,
-                    type=type(value),
+                    type=_knob_parser(value),
                     default=None,
-                    metavar=type(value).__name__.upper(),
+                    metavar=type(value).__name__.upper() if not isinstance(value, str) else "VALUE",
                     help=help_text,
                 )
+
+
+def _knob_parser(default: Any) -> Any:
+    """An argparse ``type`` for a knob whose default is ``default`` (see :func:`parse_knob`)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_knob(text, default)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = type(default).__name__  # what argparse names in "invalid ... value"
+    return parse
 
 
 def _recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -221,7 +234,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _summary(result: RecoveryResult) -> str:
-    """One line with every accuracy of the run, its sparsity and its wall time."""
+    """Every accuracy of the run, its sparsity and its wall time on one line; on a second, what the run chose
+    without labels: the learning rate and the epoch kept by the held-out agreement."""
     parts = [f"teacher {result.teacher_acc:.2f}%", f"pruned {result.pruned_acc:.2f}%"]
     if result.refit_acc is not None:
         parts.append(f"refit {result.refit_acc:.2f}%")
@@ -229,10 +243,23 @@ def _summary(result: RecoveryResult) -> str:
     labels = {"noise": "noise", "real": "real-data oracle"}
     parts += [f"{labels[name]} {value:.2f}%" for name, value in result.baselines.items() if value is not None]
     speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
-    return (
+    line = (
         "  ".join(parts)
         + f"  ({result.pruning}; CPU speed-up {speed}; {result.timings['total']:.0f} s on {result.device})"
     )
+    return line + "\n" + _choices(result)
+
+
+def _choices(result: RecoveryResult) -> str:
+    """What the run decided on the held-out dreams alone, in words."""
+    distilled = result.distilled
+    lr = f"lr {distilled.lr:.3g}" + (f" (best of {len(distilled.lr_probes)} probes)" if distilled.lr_probes else "")
+    if distilled.kept_epoch is None:
+        return f"{lr}; last epoch returned (no held-out dreams to judge it)"
+    if distilled.kept_epoch == 0:
+        return f"{lr}; recovery did NOT beat the start on the held-out dreams: the start is returned"
+    epochs = result.curve[-1][0]
+    return f"{lr}; epoch {distilled.kept_epoch} of {epochs} kept (most agreement with the teacher on held-out dreams)"
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:

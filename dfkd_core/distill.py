@@ -32,16 +32,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._knobs import knob, require_finite, require_positive_int
+from .augment import augment, cutmix
 from .channels import KEPT
-from .events import Event, Metric, MetricLogged, Network, Progress, Stage, StageFinished, StageStarted, drain
-from .prune import GradualPruning
+from .events import Event, Metric, MetricLogged, Network, Notice, Progress, Stage, StageFinished, StageStarted, drain
+from .holdout import HoldoutAgreement
+from .prune import GradualPruning, clone_model
 from .zoo import Normalization
 
 __all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "iter_distill"]
@@ -49,6 +51,10 @@ __all__ = ["DistillConfig", "DistillResult", "augment", "cutmix", "distill", "it
 _BN = nn.modules.batchnorm._BatchNorm
 _DROPOUT = nn.modules.dropout._DropoutNd  # the student's dropout layers: always off while it distills
 BN_MODES = ("train", "frozen")  # recalibrate the student's BatchNorm statistics on the dreams, or keep the teacher's
+LR_AUTO = "auto"  # the learning rate chosen by probe runs scored on the held-out dreams
+LR_FIRST_PROBE = 0.1  # the first learning rate tried: SGD's usual peak for a network with BatchNorm
+LR_PROBE_FACTOR = 10**0.5  # probes step the learning rate by this factor, two to a decade
+LR_MAX_PROBES = 5  # at most this many probes: from 0.1 they reach 0.001 or 1.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,10 @@ class DistillConfig:
 
     epochs: int = knob(30, "passes over the transfer set")
     batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
-    lr: float = knob(0.1, "SGD peak learning rate, cosine-annealed to zero over all steps")
+    lr: float | str = knob(
+        "auto",
+        "SGD peak learning rate, cosine-annealed to zero; 'auto': the best of short probe runs on held-out dreams",
+    )
     momentum: float = knob(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
     temperature: float = knob(4.0, "softmax temperature T of the KL loss (scaled by T^2)")
@@ -76,7 +85,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
-        require_finite(self, "distill", "lr", "momentum", "weight_decay", "feature_weight")
+        if self.lr != LR_AUTO:
+            require_finite(self, "distill", "lr")
+        require_finite(self, "distill", "momentum", "weight_decay", "feature_weight")
         require_finite(self, "distill", "temperature", positive=True)
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ValueError(f"distill crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
@@ -95,48 +106,18 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
+    """What one distillation measured, and the network it hands back."""
+
+    student: nn.Module  # the network kept: the trained student, or (by held-out agreement) an earlier epoch or start
+    lr: float  # the peak learning rate the student was trained with
     history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, accuracy %) after each evaluation
+    holdout_agreement: list[tuple[int, float]] = field(default_factory=list)  # (epoch, %); epoch 0 = the start
+    kept_epoch: int | None = None  # the epoch ``student`` is from (0 = the start); None = the last, unjudged
+    lr_probes: list[tuple[float, float]] = field(default_factory=list)  # (lr, held-out agreement after its probe)
     final_loss: float = float("nan")
     seconds: float = 0.0
-
-
-def augment(pixels: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop (after zero padding) and horizontal flip of a ``(N, C, H, W)`` batch."""
-    n, _, h, w = pixels.shape
-    if padding:
-        padded = F.pad(pixels, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(pixels.device)
-        dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(pixels.device)
-        rows = (dy + torch.arange(h, device=pixels.device))[:, None, :, None]
-        cols = (dx + torch.arange(w, device=pixels.device))[:, None, None, :]
-        batch = torch.arange(n, device=pixels.device)[:, None, None, None]
-        channel = torch.arange(pixels.shape[1], device=pixels.device)[None, :, None, None]
-        pixels = padded[batch, channel, rows, cols]
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(pixels.device)[:, None, None, None]
-        pixels = torch.where(mask, pixels.flip(3), pixels)
-    return pixels
-
-
-def cutmix(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Paste into each image a box cut from another image of the batch (one box size per batch).
-
-    Distillation needs no labels - the teacher labels whatever it is shown - so every blend is a new,
-    correctly labeled training input, and a small transfer set goes further. Unlike a weighted
-    average (mixup), a pasted box keeps the pixel statistics that the student's recalibrated
-    BatchNorm layers learn from. An image may be paired with itself (it then stays as it was).
-    """
-    if len(pixels) < 2:
-        return pixels
-    partner = pixels[torch.randperm(len(pixels), generator=generator).to(pixels.device)]
-    keep = float(torch.rand((), generator=generator))  # share of the image that stays its own
-    h, w = pixels.shape[-2:]
-    box_h, box_w = round(h * math.sqrt(1 - keep)), round(w * math.sqrt(1 - keep))
-    top = int(torch.randint(0, h - box_h + 1, (), generator=generator))
-    left = int(torch.randint(0, w - box_w + 1, (), generator=generator))
-    mixed = pixels.clone()
-    mixed[..., top : top + box_h, left : left + box_w] = partner[..., top : top + box_h, left : left + box_w]
-    return mixed
+    probe_seconds: float = 0.0  # the part of ``seconds`` the learning-rate probes took
+    score_seconds: float = 0.0  # ... and scoring the student on the held-out dreams
 
 
 class _FeatureTaps:
@@ -215,6 +196,9 @@ class _Session:
     device: torch.device
     stage: Stage
     gradual: GradualPruning | None = None  # prune further at the start of each epoch (None = pruned once)
+    first_step: int = 0  # steps of the stage before this session's (the learning-rate probes before training)
+    stage_steps: int = 0  # steps of the whole stage, for progress (0 = this session's own)
+    probe: bool = False  # a learning-rate probe: its progress names the rate it tries instead of an epoch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -260,7 +244,7 @@ def _follow_new_shapes(session: _Session) -> None:
 def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
     """One pass over the transfer set in a fresh order; yields per-step progress, returns the mean loss."""
     config, student = session.config, session.student
-    shown = {"epoch": epoch}
+    shown = {"epoch": epoch} if not session.probe else {"lr_probe": session.optimizer.defaults["lr"]}
     if session.gradual is not None:  # before the modes are set: pruning channels runs the model in eval mode
         shown["sparsity"] = session.gradual.step(student, epoch)
         if session.gradual.granularity == "channel":
@@ -270,7 +254,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         if (isinstance(m, _BN) and config.bn_mode == "frozen") or isinstance(m, _DROPOUT):
             m.eval()
     order = torch.randperm(len(session.images), generator=session.generator)
-    total = config.epochs * session.steps_per_epoch
+    total = session.stage_steps or config.epochs * session.steps_per_epoch
     epoch_loss, seen = 0.0, 0
     for i in range(session.steps_per_epoch):
         batch = session.images[order[i * config.batch_size : (i + 1) * config.batch_size]].to(session.device)
@@ -282,7 +266,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"distillation loss became {value} in epoch {epoch}, step {i + 1}; lower the distill lr "
-                f"(now {config.lr}) or the temperature (now {config.temperature})"
+                f"(now {session.optimizer.defaults['lr']:.3g}) or the temperature (now {config.temperature})"
             )
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,7 +274,7 @@ def _epoch(session: _Session, epoch: int) -> Generator[Event, None, float]:
         session.schedule.step()
         epoch_loss += value * len(batch)
         seen += len(batch)
-        step = (epoch - 1) * session.steps_per_epoch + i + 1
+        step = session.first_step + (epoch - 1) * session.steps_per_epoch + i + 1
         yield Progress(session.stage, step, total, {"loss": value, **shown})
     return epoch_loss / seen
 
@@ -312,35 +296,24 @@ def _transfer_set(images: torch.Tensor, config: DistillConfig) -> str:
     return f"{config.epochs} epochs over {len(images)} images"
 
 
-def iter_distill(
+def _session(
     student: nn.Module,
     teacher: nn.Module,
     images: torch.Tensor,
     normalization: Normalization,
-    config: DistillConfig = DistillConfig(),
-    *,
-    evaluate_fn: Callable[[nn.Module], float] | None = None,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    stage: Stage = Stage.DISTILL,
-    network: Network = Network.RECOVERED,
+    config: DistillConfig,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    stage: Stage,
     gradual: GradualPruning | None = None,
-) -> Generator[Event, None, DistillResult]:
-    """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
-    student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
-    logged as ``network`` (the recovered student, or the baseline being trained). With ``gradual``,
-    the student is pruned further at the start of each epoch (its sparsity joins the progress metrics)."""
-    what = _transfer_set(images, config)
-    if gradual is not None:
-        what += f", pruned from {gradual.first:.0%} to {gradual.target:.0%}"
-        what += f"{' of MACs' if gradual.granularity == 'channel' else ''} over {gradual.epochs} epochs"
-    device = torch.device(device)
-    teacher = teacher.to(device).eval()
-    student = student.to(device)
+) -> _Session:
+    """A distillation of ``student`` at peak learning rate ``lr``, ready for its first epoch (hooks attached:
+    :func:`_close` removes them)."""
     total = config.epochs * _steps_per_epoch(images, config)
     optimizer = torch.optim.SGD(
         student.parameters(),
-        lr=config.lr,
+        lr=lr,
         momentum=config.momentum,
         nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
@@ -348,7 +321,7 @@ def iter_distill(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(total))
     kept = _shared_bn_names(student, teacher) if config.feature_weight > 0 else {}
     taps = (_FeatureTaps(student, list(kept)), _FeatureTaps(teacher, list(kept)))
-    session = _Session(
+    return _Session(
         student,
         teacher,
         images,
@@ -363,23 +336,215 @@ def iter_distill(
         stage,
         gradual,
     )
-    result = DistillResult()
-    yield StageStarted(stage, total, what)
-    started = time.perf_counter()
+
+
+def _close(session: _Session) -> None:
+    for tap in session.taps:
+        tap.remove()
+    session.student.eval()
+
+
+def _probe(session: _Session) -> Generator[Event, None, None]:
+    """One epoch of ``session`` (a whole cosine schedule squeezed into it); a diverging probe just stops."""
     try:
-        for epoch in range(1, config.epochs + 1):
-            result.final_loss = yield from _epoch(session, epoch)
-            if evaluate_fn is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                accuracy = evaluate_fn(student)
-                result.history.append((epoch, accuracy))
-                yield MetricLogged(stage, Metric.CURVE_ACCURACY, network, accuracy, epoch)
+        yield from _epoch(session, 1)
+    except FloatingPointError:
+        pass
     finally:
-        for tap in taps:
-            tap.remove()
-        student.eval()
+        _close(session)
+
+
+def _choose_lr(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    config: DistillConfig,
+    score: HoldoutAgreement,
+    seed: int,
+    device: torch.device,
+    stage: Stage,
+    stage_steps: int,
+) -> Generator[Event, None, list[tuple[float, float]]]:
+    """Probe learning rates from :data:`LR_FIRST_PROBE`, a factor of :data:`LR_PROBE_FACTOR` apart, in the
+    direction that raises the held-out agreement, until it falls again (at most :data:`LR_MAX_PROBES`).
+
+    Each probe distills a copy of ``student`` for one epoch, its cosine schedule squeezed into that epoch, so it
+    ends annealed like a real run does: what is compared is how far each rate gets, not how noisy it is on the way.
+    Returns every ``(lr, held-out agreement)`` in the order tried (a diverging probe scores 0).
+    """
+    probe_config = replace(config, epochs=1, gradual_epochs=0)
+    steps = _steps_per_epoch(images, config)
+    tried: dict[float, float] = {}
+
+    def run(lr: float) -> Generator[Event, None, float]:
+        copy = clone_model(student)
+        session = _session(copy, teacher, images, normalization, probe_config, lr, seed, device, stage)
+        session.first_step, session.stage_steps, session.probe = len(tried) * steps, stage_steps, True
+        yield from _probe(session)
+        tried[lr] = score(copy) if _finite(copy) else 0.0
+        return tried[lr]
+
+    lr = LR_FIRST_PROBE
+    here = yield from run(lr)
+    lower = yield from run(lr / LR_PROBE_FACTOR)
+    down = lower >= here  # ties (two diverging probes among them) go down: the safer side
+    factor = 1 / LR_PROBE_FACTOR if down else LR_PROBE_FACTOR
+    lr, best = (lr / LR_PROBE_FACTOR, lower) if down else (lr, here)
+    while len(tried) < LR_MAX_PROBES:
+        nxt = lr * factor
+        value = yield from run(nxt)
+        if not value > best:
+            break
+        lr, best = nxt, value
+    return list(tried.items())
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class _Keeper:
+    """The guard: the best network by held-out agreement among those offered, a copy of each new best kept (a
+    tie goes to the later one: it trained longer, its learning rate annealed further)."""
+
+    def __init__(self, score: HoldoutAgreement):
+        self.score = score
+        self.best: tuple[int, float, nn.Module] | None = None  # (epoch, agreement, network)
+        self.seconds = 0.0  # spent scoring and keeping
+
+    def offer(self, epoch: int, model: nn.Module, eligible: bool = True) -> float:
+        """Score ``model`` after ``epoch``; keep a copy of it when ``eligible`` and the best so far."""
+        started = time.perf_counter()
+        try:
+            return self._offer(epoch, model, eligible)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _offer(self, epoch: int, model: nn.Module, eligible: bool) -> float:
+        value = self.score(model) if _finite(model) else 0.0  # NaN weights: no decision of the teacher's kept
+        if eligible and (self.best is None or value >= self.best[1]):
+            self.best = (epoch, value, clone_model(model))
+        return value
+
+
+def iter_distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    config: DistillConfig = DistillConfig(),
+    *,
+    holdout: torch.Tensor | None = None,
+    start: nn.Module | None = None,
+    evaluate_fn: Callable[[nn.Module], float] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    stage: Stage = Stage.DISTILL,
+    network: Network = Network.RECOVERED,
+    gradual: GradualPruning | None = None,
+) -> Generator[Event, None, DistillResult]:
+    """Generator form of :func:`distill`: yields per-step progress and, with ``evaluate_fn``, the
+    student's accuracy after each evaluated epoch (:attr:`Metric.CURVE_ACCURACY`, step = epoch),
+    logged as ``network`` (the recovered student, or the baseline being trained); with ``holdout``, its
+    held-out agreement at the start and after each evaluated epoch (:attr:`Metric.HOLDOUT_AGREEMENT`). With ``gradual``,
+    the student is pruned further at the start of each epoch (its sparsity joins the progress metrics)."""
+    what = _transfer_set(images, config)
+    if gradual is not None:
+        what += f", pruned from {gradual.first:.0%} to {gradual.target:.0%}"
+        what += f"{' of MACs' if gradual.granularity == 'channel' else ''} over {gradual.epochs} epochs"
+    device = torch.device(device)
+    teacher = teacher.to(device).eval()
+    student = student.to(device)
+    if config.lr == LR_AUTO and holdout is None:
+        raise ValueError(
+            "distill lr 'auto' chooses the learning rate on held-out dreams: pass holdout= (DreamConfig.holdout > 0 "
+            "makes them) or give a number"
+        )
+    score = HoldoutAgreement(teacher, holdout, normalization, device) if holdout is not None else None
+    keeper = _Keeper(score) if score is not None else None
+    steps = config.epochs * _steps_per_epoch(images, config)
+    probe_steps = LR_MAX_PROBES * _steps_per_epoch(images, config) if config.lr == LR_AUTO else 0
+    yield StageStarted(stage, probe_steps + steps, what)
+    started = time.perf_counter()
+    result = DistillResult(student, LR_FIRST_PROBE if config.lr == LR_AUTO else float(config.lr))
+    if keeper is not None:
+        first = start if start is not None else student  # with gradual pruning, only a given start is at the target
+        result.holdout_agreement.append((0, keeper.offer(0, first, eligible=gradual is None or start is not None)))
+        yield MetricLogged(stage, Metric.HOLDOUT_AGREEMENT, network, result.holdout_agreement[-1][1], 0)
+    if config.lr == LR_AUTO:
+        assert score is not None
+        probes_started = time.perf_counter()
+        result.lr_probes = yield from _choose_lr(
+            student, teacher, images, normalization, config, score, seed, device, stage, probe_steps + steps
+        )
+        result.lr = max(result.lr_probes, key=lambda probe: probe[1])[0]
+        result.probe_seconds = time.perf_counter() - probes_started
+        tried = ", ".join(f"{lr:.3g}: {agreement:.1f}%" for lr, agreement in result.lr_probes)
+        yield Notice(
+            stage, f"learning rate {result.lr:.3g}: the best held-out agreement after one probe epoch ({tried})"
+        )
+    session = _session(student, teacher, images, normalization, config, result.lr, seed, device, stage, gradual)
+    probed = len(result.lr_probes) * _steps_per_epoch(images, config)  # at most probe_steps: the stage's length now
+    session.first_step, session.stage_steps = probed, probed + steps
+    try:
+        yield from _train(session, result, keeper, evaluate_fn, network)
+    finally:
+        _close(session)
+    if keeper is not None and keeper.best is not None:
+        result.kept_epoch, _, kept = keeper.best
+        if result.kept_epoch != config.epochs:
+            result.student = kept
+            yield Notice(stage, _kept_words(result, config.epochs))
     result.seconds = time.perf_counter() - started
-    yield StageFinished(stage, result.seconds, {"final_loss": result.final_loss})
+    result.score_seconds = keeper.seconds if keeper is not None else 0.0
+    yield StageFinished(stage, result.seconds, {"final_loss": result.final_loss, "kept_epoch": result.kept_epoch})
     return result
+
+
+def _train(
+    session: _Session,
+    result: DistillResult,
+    keeper: _Keeper | None,
+    evaluate_fn: Callable[[nn.Module], float] | None,
+    network: Network,
+) -> Generator[Event, None, None]:
+    """Every epoch of ``session``; after each evaluated one, the curve point and the held-out agreement. With held-out
+    dreams a diverging loss ends training early (the guard keeps the best epoch so far); without, it raises."""
+    config, student, stage = session.config, session.student, session.stage
+    for epoch in range(1, config.epochs + 1):
+        try:
+            result.final_loss = yield from _epoch(session, epoch)
+        except FloatingPointError as err:
+            if keeper is None or keeper.best is None:
+                raise
+            yield Notice(stage, f"{err}; training stopped, the best epoch so far is kept")
+            return
+        if epoch % config.eval_every and epoch != config.epochs:
+            continue
+        if evaluate_fn is not None:
+            result.history.append((epoch, evaluate_fn(student)))
+            yield MetricLogged(stage, Metric.CURVE_ACCURACY, network, result.history[-1][1], epoch)
+        if keeper is not None:
+            gradual = session.gradual  # a student still being pruned is not yet a candidate
+            eligible = gradual is None or gradual.sparsity_at(epoch) >= gradual.target or epoch == config.epochs
+            result.holdout_agreement.append((epoch, keeper.offer(epoch, student, eligible)))
+            yield MetricLogged(stage, Metric.HOLDOUT_AGREEMENT, network, result.holdout_agreement[-1][1], epoch)
+
+
+def _kept_words(result: DistillResult, epochs: int) -> str:
+    """The guard's choice in words, for a run that does not hand back its last epoch."""
+    agreement = dict(result.holdout_agreement)
+    end = f"{agreement[epochs]:.1f}% at the end" if epochs in agreement else "training stopped before the end"
+    if result.kept_epoch == 0:
+        return (
+            f"recovery did not beat the start: no epoch agreed more often with the teacher on the held-out dreams "
+            f"({agreement[0]:.1f}% at the start, {end}); the start is kept"
+        )
+    return (
+        f"epoch {result.kept_epoch} of {epochs} is kept: the best held-out agreement "
+        f"({agreement[result.kept_epoch]:.1f}%; {end})"
+    )
 
 
 def distill(
@@ -389,18 +554,26 @@ def distill(
     normalization: Normalization,
     config: DistillConfig = DistillConfig(),
     *,
+    holdout: torch.Tensor | None = None,
+    start: nn.Module | None = None,
     evaluate_fn: Callable[[nn.Module], float] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
     callback: Callable[[Event], None] | None = None,
     gradual: GradualPruning | None = None,
 ) -> DistillResult:
-    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]).
+    """Train ``student`` in place to match ``teacher`` on ``images`` (pixels in [0, 1]); the network to use is
+    the result's ``student``.
 
-    ``evaluate_fn(student) -> accuracy`` is called every ``config.eval_every`` epochs and
-    its values form ``DistillResult.history``. ``callback(event)`` sees every event.
-    ``gradual`` prunes the student further at the start of each epoch (see :class:`~dfkd_core.prune.GradualPruning`).
-    Raises ``FloatingPointError`` as soon as the loss is NaN or infinite.
+    With ``holdout`` (held-out dreams, never trained on), every evaluated epoch is scored by how often it picks
+    the teacher's class on blends of them, and the result's ``student`` is the best of the start and those epochs (the guard:
+    never worse than the start by that score); ``config.lr = "auto"`` needs them to choose the learning rate.
+    ``start`` is the network the guard compares against when it is not ``student`` as given (with ``gradual``,
+    the network pruned to the target in one cut). ``evaluate_fn(student) -> accuracy`` is called every
+    ``config.eval_every`` epochs and its values form ``DistillResult.history`` (measuring only: it never decides
+    anything). ``callback(event)`` sees every event. ``gradual`` prunes the student further at the start of each
+    epoch (see :class:`~dfkd_core.prune.GradualPruning`). Raises ``FloatingPointError`` as soon as the loss is
+    NaN or infinite, unless held-out dreams let the guard keep an earlier epoch.
     """
     events = iter_distill(
         student,
@@ -408,6 +581,8 @@ def distill(
         images,
         normalization,
         config,
+        holdout=holdout,
+        start=start,
         evaluate_fn=evaluate_fn,
         device=device,
         seed=seed,

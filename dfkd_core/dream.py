@@ -10,6 +10,9 @@ A batch of images is optimized with Adam, in the teacher's normalized input spac
 * optionally (Adaptive DeepInversion) the current student disagrees with the teacher on it,
   so dreams land where the student still has something to learn (Jensen-Shannon term).
 
+A few more dreams are made apart, from another seed, and never trained on (``holdout``): a data-free
+user has no labelled images, so these are what a run checks its student on (:mod:`dfkd_core.holdout`).
+
 Each step sees a randomly rolled and flipped view (jitter), the step size follows a cosine,
 pixels are clipped to the valid range, and the lowest-loss iterate of each batch is kept.
 """
@@ -23,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from .zoo import Teacher, file_sha256
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32  # side of the dreams in pixels (CIFAR)
+HOLDOUT_SEED_OFFSET = 1_000_003  # the held-out dreams' seed is the run's plus this: other noise, other labels
 
 __all__ = ["DreamConfig", "DreamSet", "batchnorm_layers", "dream", "iter_dream", "require_batchnorm", "total_variation"]
 
@@ -58,6 +62,7 @@ class DreamConfig:
     """How to dream; defaults follow the CIFAR settings of Yin et al. (2020)."""
 
     num_images: int = knob(1024, "dreams to synthesize, class-balanced")
+    holdout: int = knob(128, "dreams made apart (another seed) and never trained on: the run scores itself on them")
     batch_size: int = knob(256, "images optimized jointly; BatchNorm statistics are matched per batch")
     steps: int = knob(200, "Adam steps per batch")
     lr: float = knob(0.1, "Adam step size in normalized-pixel units, cosine-annealed to zero")
@@ -75,6 +80,8 @@ class DreamConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "dream", "num_images", "batch_size", "steps", "preview_every")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, int) or self.holdout < 0:
+            raise ValueError(f"dream holdout must be a whole number of dreams >= 0, got {self.holdout!r}")
         require_finite(self, "dream", "lr", "ce", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi")
         require_finite(self, "dream", "adi_temperature", positive=True)
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, int) or self.jitter < 0:
@@ -83,7 +90,8 @@ class DreamConfig:
 
 @dataclass
 class DreamSet:
-    """Dreamed images in [0, 1] pixel space (CPU, float32) with the labels they were dreamed for."""
+    """Dreamed images in [0, 1] pixel space (CPU, float32) with the labels they were dreamed for, and the
+    held-out dreams made beside them (never trained on; ``None`` when none were made)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -93,6 +101,8 @@ class DreamSet:
     seconds: float = float("nan")  # wall time the dreaming took
     settings: dict[str, Any] | None = None  # the DreamConfig (and seed) that made them, when known
     origin: dict[str, str] | None = None  # the file they were loaded from and its sha256 (None = made in this process)
+    holdout: torch.Tensor | None = None  # held-out dreams in [0, 1], never trained on: what the run scores itself on
+    holdout_seconds: float = 0.0  # the part of ``seconds`` spent dreaming the held-out dreams
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,6 +119,9 @@ class DreamSet:
             "seconds": self.seconds,
             "settings": self.settings or {},
         }
+        if self.holdout is not None:
+            record["holdout"] = (self.holdout * 255).round().to(torch.uint8)
+            record["holdout_seconds"] = self.holdout_seconds
         partial = path.with_name(f".{path.name}.partial")
         torch.save(record, partial)
         os.replace(partial, path)
@@ -129,6 +142,8 @@ class DreamSet:
                 float(record.get("seconds", float("nan"))),
                 dict(record.get("settings") or {}) or None,
                 {"file": os.fspath(path), "sha256": file_sha256(path)},
+                record["holdout"].float() / 255 if "holdout" in record else None,
+                float(record.get("holdout_seconds", 0.0)),
             )
         except Exception as err:
             raise ValueError(
@@ -138,6 +153,12 @@ class DreamSet:
         if len(shape) != 4 or shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or not shape[0]:
             raise ValueError(
                 f"the dreams in {str(path)!r} have shape {shape}; dreams are (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE})"
+            )
+        held = dreams.holdout
+        if held is not None and (held.dim() != 4 or tuple(held.shape[1:]) != shape[1:] or not len(held)):
+            raise ValueError(
+                f"the held-out dreams in {str(path)!r} have shape {tuple(held.shape)}; they must be like the dreams, "
+                f"(N, 3, {IMAGE_SIZE}, {IMAGE_SIZE})"
             )
         labels = dreams.labels
         if labels.shape != (shape[0],) or int(labels.min()) < 0 or int(labels.max()) >= len(dreams.classes):
@@ -573,9 +594,11 @@ def iter_dream(
     model = teacher.model.to(device).eval()
     student = student.to(device).eval() if student is not None and config.adi > 0 else None
     norm = teacher.normalization
-    num_batches = math.ceil(config.num_images / config.batch_size)
-    total = num_batches * config.steps
-    yield StageStarted(stage, total, f"{config.num_images} dreams x {config.steps} steps")
+    sizes = _batch_sizes(config.num_images, config.batch_size)
+    held_sizes = _batch_sizes(config.holdout, config.batch_size)
+    total = (len(sizes) + len(held_sizes)) * config.steps
+    held = f" (and {config.holdout} held out)" if config.holdout else ""
+    yield StageStarted(stage, total, f"{config.num_images} dreams{held} x {config.steps} steps")
     started = time.perf_counter()
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     frozen += [(p, p.requires_grad) for p in student.parameters()] if student is not None else []
@@ -592,18 +615,14 @@ def iter_dream(
         torch.Generator().manual_seed(seed),
         stage,
     )
-    images: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    correct = 0
+    shown: list[torch.Tensor] = []  # every finished batch, for the snapshots
+    shown_labels: list[torch.Tensor] = []
     try:
-        for b in range(num_batches):
-            n = min(config.batch_size, config.num_images - b * config.batch_size)
-            best, targets = yield from _dream_batch(canvas, n, b * config.steps + 1, total, images, labels)
-            with torch.no_grad():
-                correct += int((model(best).argmax(1) == targets).sum())
-                prior.pop()
-            images.append(norm.denormalize(best).clamp(0, 1).float().cpu().contiguous())
-            labels.append(targets.cpu())
+        images, labels, correct = yield from _dream_batches(canvas, sizes, 0, total, shown, shown_labels)
+        held_started = time.perf_counter()
+        canvas = replace(canvas, generator=torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET))
+        holdout, _, _ = yield from _dream_batches(canvas, held_sizes, len(sizes), total, shown, shown_labels)
+        held_seconds = time.perf_counter() - held_started
     finally:
         prior.remove()
         for p, flag in frozen:
@@ -611,10 +630,43 @@ def iter_dream(
     seconds = time.perf_counter() - started
     top1 = 100.0 * correct / config.num_images
     made = {**asdict(config), "seed": seed, "teacher_sha256": teacher.sha256}
-    dreams = DreamSet(torch.cat(images), torch.cat(labels), teacher.classes, top1, config.steps, seconds, made)
+    dreams = DreamSet(images, labels, teacher.classes, top1, config.steps, seconds, made)
+    if len(holdout):
+        dreams.holdout, dreams.holdout_seconds = holdout, held_seconds
     yield MetricLogged(stage, Metric.DREAM_TOP1, Network.TEACHER, top1)
     yield StageFinished(stage, seconds, {"teacher_top1": dreams.teacher_top1, "dreams": dreams})
     return dreams
+
+
+def _batch_sizes(count: int, batch_size: int) -> list[int]:
+    """``count`` images in batches of at most ``batch_size``."""
+    return [min(batch_size, count - start) for start in range(0, count, batch_size)]
+
+
+def _dream_batches(
+    canvas: _Canvas,
+    sizes: list[int],
+    done: int,
+    total: int,
+    shown: list[torch.Tensor],
+    shown_labels: list[torch.Tensor],
+) -> Generator[Event, None, tuple[torch.Tensor, torch.Tensor, int]]:
+    """Dream one batch of each of ``sizes`` after ``done`` batches of the stage; returns their pixels in [0, 1] and
+    labels, and how many of them the teacher assigns to their target class. Finished batches join ``shown``."""
+    model, norm, steps = canvas.teacher.model, canvas.teacher.normalization, canvas.config.steps
+    images: list[torch.Tensor] = [torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE)]
+    labels: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)]
+    correct = 0
+    for b, n in enumerate(sizes):
+        best, targets = yield from _dream_batch(canvas, n, (done + b) * steps + 1, total, shown, shown_labels)
+        with torch.no_grad():
+            correct += int((model(best).argmax(1) == targets).sum())
+            canvas.prior.pop()
+        images.append(norm.denormalize(best).clamp(0, 1).float().cpu().contiguous())
+        labels.append(targets.cpu())
+        shown.append(images[-1])
+        shown_labels.append(labels[-1])
+    return torch.cat(images), torch.cat(labels), correct
 
 
 def dream(

@@ -59,6 +59,9 @@ class Metric(_Name):
     ACCURACY = "accuracy"  # top-1 % on the evaluation split: the reported numbers
     CURVE_ACCURACY = "curve_accuracy"  # top-1 % on the fixed curve subset: the live curve and its references
     DREAM_TOP1 = "dream_top1"  # % of dreams the teacher assigns to the class they were dreamed for
+    HOLDOUT_AGREEMENT = (
+        "holdout_agreement"  # % of blended held-out dreams where the student picks the teacher's class (data-free)
+    )
 
 
 class Network(_Name):

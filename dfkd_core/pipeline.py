@@ -27,8 +27,8 @@ from torch import nn
 from ._version import __version__
 from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
 from .device import resolve_device
-from .distill import DistillConfig, iter_distill
-from .dream import DreamConfig, DreamSet, iter_dream, require_batchnorm
+from .distill import LR_AUTO, DistillConfig, DistillResult, iter_distill
+from .dream import HOLDOUT_SEED_OFFSET, DreamConfig, DreamSet, iter_dream, require_batchnorm
 from .evaluate import ModelSize, align_classes, evaluate, measure_latency, measure_size
 from .events import (
     Event,
@@ -186,6 +186,11 @@ class RecoveryConfig:
             raise ValueError("curve_per_class and eval_per_class must be >= 0 (0 = the full split)")
         if isinstance(self.showcase, bool) or not isinstance(self.showcase, int) or self.showcase < 0:
             raise ValueError(f"showcase must be a whole number of dreams per class >= 0, got {self.showcase!r}")
+        if self.recipe.distill.lr == LR_AUTO and not self.recipe.dream.holdout:
+            raise ValueError(
+                "distill lr 'auto' is chosen on held-out dreams, but dream holdout is 0; dream some "
+                "(--set dream.holdout=128) or give the learning rate (--set distill.lr=0.03)"
+            )
         if self.recipe.refit is not None and self.recipe.distill.gradual_epochs:
             raise ValueError(
                 "the refit fits a student pruned in one cut, but distill gradual_epochs "
@@ -209,9 +214,11 @@ class RecoveryResult:
     sparsity: float  # measured fraction removed: of prunable weights, or of MACs for channel pruning
     layers: list[LayerSparsity]
     curve: list[tuple[int, float]]  # (epoch, accuracy on the curve subset); epoch 0 = start of distillation
+    distilled: DistillResult  # the learning rate used and its probes, the held-out agreement per epoch, the epoch kept
     curve_references: dict[str, float]  # teacher, pruned, refit and baseline accuracy on the curve subset
     baselines: dict[str, float | None]  # "noise", "real": accuracy on the evaluation split (None = not run)
-    timings: dict[str, float]  # seconds per stage ("noise"/"real" for the baselines) and "total"
+    timings: dict[str, float]  # seconds per stage ("noise"/"real" for the baselines), "total", and the parts of
+    # dream and distill that judge the run: "holdout" (dreaming them), "probes" (choosing the lr), "holdout_agreement"
     eval_info: dict[str, Any]
     device: str
     showcase: DreamSet | None = None  # the dreams formed to watch (config.showcase per class), if any
@@ -230,6 +237,30 @@ class RecoveryResult:
         """The recovered student's measured speed-up over the teacher, by batch size (1.0 = as fast)."""
         teacher, student = self.latency_ms.get("teacher", {}), self.latency_ms.get("recovered", {})
         return {b: teacher[b] / student[b] for b in teacher if b in student and student[b] > 0}
+
+    @property
+    def beat_start(self) -> bool:
+        """Whether distillation handed back a trained epoch rather than the start it could not improve on."""
+        return self.distilled.kept_epoch != 0
+
+    def distill_record(self) -> dict[str, Any]:
+        """The data-free choices of the run: the learning rate (and its probes), the held-out agreement of each
+        evaluated epoch and the epoch kept by it (0 = the start: recovery did not beat it)."""
+        d = self.distilled
+        return {
+            "lr": round(d.lr, 6),
+            "lr_from": "probes" if d.lr_probes else "recipe",
+            "lr_probes": [
+                {"lr": round(lr, 6), "holdout_agreement": round(agreement, 2)} for lr, agreement in d.lr_probes
+            ],
+            "holdout_dreams": None if self.dreams.holdout is None else len(self.dreams.holdout),
+            "holdout_agreement": {
+                "epochs": [e for e, _ in d.holdout_agreement],
+                "percent": [round(v, 2) for _, v in d.holdout_agreement],
+            },
+            "kept_epoch": d.kept_epoch,
+            "beat_start": self.beat_start,
+        }
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready record of the run (what ``dfkd recover`` writes as report.json)."""
@@ -276,6 +307,7 @@ class RecoveryResult:
                 "baselines": {k: [round(a, 2) for _, a in v] for k, v in self.baseline_curves.items()},
                 "images": self.eval_info["curve_images"],
             },
+            "distill": self.distill_record(),
             "layers": [{"name": r.name, "kind": r.kind, "weights": r.total, "removed": r.removed} for r in self.layers],
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "eval": {k: v for k, v in self.eval_info.items() if k != "curve_images"},
@@ -470,7 +502,13 @@ def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
         return None
     count = per_class * teacher.num_classes
     config = replace(
-        run.config.recipe.dream, num_images=count, batch_size=count, steps=SHOWCASE_STEPS, preview_every=1, adi=0.0
+        run.config.recipe.dream,
+        num_images=count,
+        batch_size=count,
+        steps=SHOWCASE_STEPS,
+        preview_every=1,
+        adi=0.0,
+        holdout=0,
     )
     showcase = yield from iter_dream(teacher, config, device=run.device, seed=run.config.seed, stage=Stage.SHOWCASE)
     run.timings[Stage.SHOWCASE] = showcase.seconds
@@ -478,15 +516,27 @@ def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
 
 
 def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
-    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported)."""
+    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported).
+    Given dreams without held-out ones get them dreamed now, as the recipe's own run would have made them."""
     assert run.teacher is not None
+    recipe, seed = run.config.recipe.dream, run.config.seed
     if dreams is None:
-        recipe = run.config.recipe.dream
-        dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=run.config.seed)
+        dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=seed)
+        run.timings[Stage.DREAM], run.timings["holdout"] = dreams.seconds, dreams.holdout_seconds
+        return dreams
+    if dreams.holdout is None and recipe.holdout:
+        only = replace(recipe, num_images=recipe.holdout, holdout=0)
+        held = yield from iter_dream(
+            run.teacher, only, student=student, device=run.device, seed=seed + HOLDOUT_SEED_OFFSET
+        )
+        dreams = replace(
+            dreams, holdout=held.images, holdout_seconds=held.seconds, seconds=dreams.seconds + held.seconds
+        )
+        run.timings["holdout"] = held.seconds
     else:
         yield StageStarted(Stage.DREAM, 0, f"reusing {len(dreams)} dreams made earlier")
-        yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
         yield StageFinished(Stage.DREAM, 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
+    yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
     run.timings[Stage.DREAM] = dreams.seconds
     return dreams
 
@@ -513,9 +563,10 @@ def _refit(run: _Run, student: nn.Module, dreams: DreamSet) -> Generator[Event, 
 
 
 def _distill(
-    run: _Run, student: nn.Module, dreams: DreamSet, start: float
-) -> Generator[Event, None, list[tuple[int, float]]]:
-    """Distillation on the dreams; returns the accuracy curve, epoch 0 being ``start``."""
+    run: _Run, student: nn.Module, pruned: nn.Module, dreams: DreamSet, start: float
+) -> Generator[Event, None, tuple[list[tuple[int, float]], DistillResult]]:
+    """Distillation on the dreams, judged on the held-out ones; returns the accuracy curve (epoch 0 being
+    ``start``) and the result, whose ``student`` is the network kept."""
     teacher = run.teacher
     assert teacher is not None
     t0 = time.perf_counter()
@@ -526,13 +577,16 @@ def _distill(
         dreams.images,
         teacher.normalization,
         run.config.recipe.distill,
+        holdout=dreams.holdout,
+        start=pruned if run.gradual is not None else None,
         evaluate_fn=run.measure_curve,
         device=run.device,
         seed=run.config.seed,
         gradual=run.gradual,
     )
     run.timings[Stage.DISTILL] = time.perf_counter() - t0
-    return [(0, start), *result.history]
+    run.timings["probes"], run.timings[str(Metric.HOLDOUT_AGREEMENT)] = result.probe_seconds, result.score_seconds
+    return [(0, start), *result.history], result
 
 
 def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Event, None, Any]:
@@ -551,24 +605,35 @@ def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Ev
         events.close()
 
 
-def _baseline_images(run: _Run, name: str, count: int) -> torch.Tensor:
-    """``count`` transfer images: Gaussian noise, or real training images for the oracle."""
+def _baseline_images(run: _Run, name: str, count: int, held: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``count`` transfer images and ``held`` held out beside them (``None`` when 0), from the same source:
+    Gaussian noise, or real training images for the oracle (class-balanced when they are)."""
     assert run.teacher is not None
     if name == Network.NOISE:
         generator = torch.Generator().manual_seed(run.config.seed + 1)
-        noise = torch.randn(count, 3, *run.input_size[1:], generator=generator)
-        return run.teacher.normalization.denormalize(noise).clamp(0, 1)
-    per_class = max(1, count // run.teacher.num_classes)
-    return load_train_subset(run.config.data, per_class, seed=run.config.seed).images.float() / 255
+        noise = torch.randn(count + held, 3, *run.input_size[1:], generator=generator)
+        images = run.teacher.normalization.denormalize(noise).clamp(0, 1)
+        return images[:count], images[count:] if held else None
+    classes = run.teacher.num_classes
+    per_class, held_per_class = max(1, count // classes), -(-held // classes)
+    real = load_train_subset(run.config.data, per_class + held_per_class, seed=run.config.seed)
+    rank = torch.zeros(len(real), dtype=torch.long)  # each image's place among those of its class
+    for c in range(len(real.classes)):
+        members = (real.labels == c).nonzero().flatten()
+        rank[members] = torch.arange(len(members))
+    images = real.images.float() / 255
+    return images[rank < per_class], images[rank >= per_class] if held else None
 
 
 def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Generator[Event, None, float]:
-    """The recipe's refit and distillation on noise or real images instead of dreams; returns its accuracy."""
+    """The recipe's refit and distillation on noise or real images instead of dreams (held out from the same
+    source, as the dreams are); returns its accuracy."""
     teacher, recipe = run.teacher, run.config.recipe
     assert teacher is not None
     network = Network(name)
     t0 = time.perf_counter()
-    images = _baseline_images(run, name, len(dreams))
+    held = len(dreams.holdout) if dreams.holdout is not None else 0
+    images, holdout = _baseline_images(run, name, len(dreams), held)
     student = _student(run, pruned)
     what = "noise baseline" if network is Network.NOISE else "real-data oracle (not data-free)"
     start = run.references[Network.PRUNED]
@@ -594,6 +659,8 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
             images,
             teacher.normalization,
             recipe.distill,
+            holdout=holdout,
+            start=clone_model(pruned) if run.gradual is not None else None,
             evaluate_fn=run.measure_curve,
             device=run.device,
             seed=run.config.seed,
@@ -603,12 +670,18 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
         ),
         what,
     )
-    run.baseline_curves[name] = [(0, start), *trained.history]
-    accuracy = run.measure(student)
-    run.references[network] = trained.history[-1][1]  # the curve subset's last epoch: the eval split's when they agree
+    curve = [(0, start), *trained.history]
+    run.baseline_curves[name] = curve
+    accuracy = run.measure(trained.student)
+    run.references[network] = kept_point(curve, trained.kept_epoch)
     yield MetricLogged(Stage.BASELINE, Metric.ACCURACY, network, accuracy)
     run.timings[name] = time.perf_counter() - t0
     return accuracy
+
+
+def kept_point(curve: list[tuple[int, float]], kept_epoch: int | None) -> float:
+    """The curve's accuracy at the epoch the guard kept (the last point when it kept none)."""
+    return dict(curve).get(kept_epoch, curve[-1][1]) if kept_epoch is not None else curve[-1][1]
 
 
 def _evaluate(run: _Run, models: dict[Network, nn.Module | None]) -> Generator[Event, None, dict[Network, float]]:
@@ -658,7 +731,8 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
     dreams = yield from _dream(run, student, dreams)
     refit = yield from _refit(run, student, dreams)
     start = run.references[Network.REFIT if refit is not None else Network.PRUNED]
-    curve = yield from _distill(run, student, dreams, start)
+    curve, distilled = yield from _distill(run, student, pruned, dreams, start)
+    student = distilled.student
     if run.gradual is not None:  # the student's own sparsity, reached during distillation
         layers, sparsity = _removed(run, student)
     baselines: dict[str, float | None] = dict.fromkeys(BASELINES)
@@ -686,6 +760,7 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         sparsity=sparsity,
         layers=layers,
         curve=curve,
+        distilled=distilled,
         curve_references={str(k): v for k, v in run.references.items()},
         baselines=baselines,
         timings={str(k): v for k, v in run.timings.items()},

@@ -8,7 +8,7 @@ global backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
@@ -29,9 +29,13 @@ def curves_figure(
     epochs: int | None = None,
     subtitle: str = "",
     title: str = "Recovery by data-free distillation",
+    holdout_agreement: Sequence[tuple[int, float]] = (),
+    kept_epoch: int | None = None,
 ) -> Figure:
     """Accuracy per distillation epoch against the teacher and pruned levels, and the baselines:
-    each one a level, or its own curve per epoch when given as ``(epoch, accuracy)`` pairs."""
+    each one a level, or its own curve per epoch when given as ``(epoch, accuracy)`` pairs. With
+    ``holdout_agreement``, the data-free score the run judged itself by, on a second axis; ``kept_epoch`` marks
+    the epoch it kept (0: the start)."""
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     last = epochs or (curve[-1][0] if curve else 1)
@@ -50,6 +54,21 @@ def curves_figure(
     if curve:
         xs, ys = zip(*curve)
         ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue", label=f"student on dreams {ys[-1]:.1f}%")
+        kept = dict(curve).get(kept_epoch) if kept_epoch is not None else None
+        if kept is not None:
+            where = "the start" if kept_epoch == 0 else f"epoch {kept_epoch}"
+            ax.plot(
+                [kept_epoch],
+                [kept],
+                marker="*",
+                markersize=13,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"kept by held-out agreement: {where}",
+            )
+    if holdout_agreement:
+        _holdout_axis(ax, holdout_agreement)
     ax.set_xlim(0, max(1, last))
     ax.set_xlabel("distillation epoch")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -57,6 +76,18 @@ def curves_figure(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def _holdout_axis(ax: Any, holdout_agreement: Sequence[tuple[int, float]]) -> None:
+    """The held-out agreement per epoch on a right-hand axis of ``ax`` (higher: decides more like the teacher)."""
+    twin = ax.twinx()
+    xs, ys = zip(*holdout_agreement)
+    twin.plot(
+        xs, ys, color="tab:orange", linewidth=1, linestyle="--", label="agreement with the teacher, held-out dreams"
+    )
+    twin.set_ylabel("held-out agreement (%, data-free)", color="tab:orange", fontsize=8)
+    twin.tick_params(axis="y", colors="tab:orange", labelsize=7)
+    twin.legend(loc="upper right", fontsize=7)
 
 
 def sparsity_figure(layers: Sequence[LayerSparsity], title: str = "") -> Figure:
@@ -89,6 +120,8 @@ def result_figure(result: RecoveryResult, title: str = "Recovery by data-free di
         baselines,
         subtitle=f"{result.teacher.arch}, {result.pruning}, accuracy on {images:,} test images",
         title=title,
+        holdout_agreement=result.distilled.holdout_agreement,
+        kept_epoch=result.distilled.kept_epoch,
     )
 
 

@@ -16,8 +16,10 @@ __all__ = ["ProgressBars", "describe_metric"]
 
 def describe_metric(event: MetricLogged) -> str:
     """One line for a measurement, e.g. ``[distill] recovered curve_accuracy (epoch 3): 81.20``."""
-    epoch = f" (epoch {event.step})" if event.metric is Metric.CURVE_ACCURACY and event.step else ""
-    return f"[{event.stage}] {event.network} {event.metric}{epoch}: {event.value:.2f}"
+    per_epoch = event.metric in (Metric.CURVE_ACCURACY, Metric.HOLDOUT_AGREEMENT)
+    epoch = f" (epoch {event.step})" if per_epoch and event.step else ""
+    value = f"{event.value:.2f}"
+    return f"[{event.stage}] {event.network} {event.metric}{epoch}: {value}"
 
 
 class ProgressBars:
@@ -47,6 +49,8 @@ class ProgressBars:
                     total=event.total, desc=str(event.stage), unit="step", file=self.file, dynamic_ncols=True
                 )
         elif isinstance(event, Progress) and self.bar is not None:
+            if event.total != self.bar.total:  # a stage that learned its length on the way (fewer probes)
+                self.bar.total = event.total
             self.bar.update(event.step - self.bar.n)
             if event.metrics:
                 self.bar.set_postfix({k: f"{v:.3g}" for k, v in event.metrics.items()}, refresh=False)

@@ -159,7 +159,7 @@ def test_distillation_matches_each_kept_channel_with_its_teacher_channel(arch):
         n for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)
     }
     images = torch.rand(16, 3, 32, 32)
-    result = distill(student, teacher, images, CIFAR10, DistillConfig(epochs=1, batch_size=8))
+    result = distill(student, teacher, images, CIFAR10, DistillConfig(lr=0.1, epochs=1, batch_size=8))
     assert torch.isfinite(torch.tensor(result.final_loss))
 
 
@@ -269,10 +269,12 @@ def test_a_slim_student_loaded_from_a_file_cannot_be_paired_silently(tmp_path):
     assert not kept_channels(loaded), "a file records widths, not which teacher channels were kept"
     images = torch.rand(8, 3, 32, 32)
     with pytest.raises(ValueError, match="lost channels but does not say which teacher channels it kept"):
-        distill(loaded, dense, images, CIFAR10, DistillConfig(epochs=1, batch_size=8))
+        distill(loaded, dense, images, CIFAR10, DistillConfig(lr=0.1, epochs=1, batch_size=8))
     with pytest.raises(ValueError, match="do not say which teacher channels they kept"):
         refit(loaded, dense, images, CIFAR10)
-    distill(loaded, dense, images, CIFAR10, DistillConfig(epochs=1, batch_size=8, feature_weight=0.0))  # logits only
+    distill(
+        loaded, dense, images, CIFAR10, DistillConfig(lr=0.1, epochs=1, batch_size=8, feature_weight=0.0)
+    )  # logits only
 
 
 def test_the_refit_leaves_a_channel_that_never_fires_as_it_was():

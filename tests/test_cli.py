@@ -19,6 +19,8 @@ TINY_FLAGS = [
     "20",
     "--dream-steps",
     "2",
+    "--dream-holdout",
+    "10",
     "--distill-epochs",
     "1",
     "--distill-batch-size",
@@ -94,7 +96,12 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
     assert report["baselines"]["real"] is not None
     assert report["settings"]["recipe"]["refit"]["num_images"] == 1024
     assert report["refit_acc"] is not None
-    assert "recovered" in capsys.readouterr().out
+    assert report["distill"]["lr_from"] == "probes" and report["distill"]["lr"] in {
+        probe["lr"] for probe in report["distill"]["lr_probes"]
+    }
+    assert report["distill"]["holdout_dreams"] == 10 and report["distill"]["holdout_agreement"]["epochs"] == [0, 1]
+    printed = capsys.readouterr().out
+    assert "recovered" in printed and "probes" in printed and "held-out dreams" in printed
     from dfkd_core import load_checkpoint
     from dfkd_core.prune import measured_sparsity
 
@@ -206,8 +213,8 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         "no images found",
     )
     late = [a if a != str(out) else str(tmp_path / "late") for a in base]  # fails after dreaming: keeps the dreams
-    _bad(
-        [*late, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30"],
+    _bad(  # without held-out dreams nothing can be kept from a diverging run
+        [*late, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30", "--dream-holdout", "0"],
         capsys,
         "distillation loss became",
         "--dreams",
@@ -292,6 +299,16 @@ def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_
     ],
     ids=["nan", "ctrl-c"],
 )
+def test_a_run_that_only_gets_worse_hands_back_its_start_and_says_so(teacher_checkpoint, image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out)]
+    assert main([*args, "--baselines", "none", *TINY_FLAGS, "--distill-lr", "1e30"]) == 0
+    assert "recovery did NOT beat the start" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["distill"]["kept_epoch"] == 0 and report["distill"]["beat_start"] is False
+    assert report["recovered_acc"] == report["pruned_acc"], "the student handed back is the pruned one"
+
+
 def test_a_late_failure_keeps_the_dreams_and_says_how_to_resume(
     teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch, failure, code, said
 ):

@@ -104,7 +104,11 @@ def test_feature_matching_and_train_mode_bn(teacher):
     def trained(**knobs):
         student = prune_model(teacher.model, 0.5)
         result = distill(
-            student, teacher.model, images, teacher.normalization, DistillConfig(epochs=1, batch_size=16, **knobs)
+            student,
+            teacher.model,
+            images,
+            teacher.normalization,
+            DistillConfig(lr=0.1, epochs=1, batch_size=16, **knobs),
         )
         return student, result
 
@@ -133,7 +137,7 @@ def test_feature_matching_needs_matching_layers(teacher):
             teacher.model,
             torch.rand(8, 3, 32, 32),
             teacher.normalization,
-            DistillConfig(epochs=1, feature_weight=1.0),
+            DistillConfig(lr=0.1, epochs=1, feature_weight=1.0),
         )
 
 
@@ -184,7 +188,7 @@ def test_evaluation_callback_per_epoch(teacher):
         teacher.model,
         torch.rand(16, 3, 32, 32),
         teacher.normalization,
-        DistillConfig(epochs=3, batch_size=16, eval_every=2),
+        DistillConfig(lr=0.1, epochs=3, batch_size=16, eval_every=2),
         evaluate_fn=lambda m: calls.append(m) or 50.0 + len(calls),
         callback=events.append,
     )

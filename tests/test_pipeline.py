@@ -32,7 +32,7 @@ from dfkd_core.zoo import CIFAR10, Teacher, file_sha256
 from .conftest import forbid_reads
 
 TINY = Recipe(
-    DreamConfig(num_images=20, batch_size=20, steps=2, preview_every=1),
+    DreamConfig(num_images=20, batch_size=20, steps=2, preview_every=1, holdout=10),
     DistillConfig(epochs=2, batch_size=10),
     RefitConfig(batch_size=10),
 )
@@ -66,21 +66,28 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     assert [e.stage for e in events if isinstance(e, StageFinished)] == stages
     baseline = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.BASELINE]
     assert all(d.startswith("noise baseline: ") for d in baseline)
-    assert [e.step for e in events if isinstance(e, Progress) and e.stage is Stage.DREAM] == [1, 2]
-    assert [e.step for e in events if isinstance(e, ImagesReady)] == [1, 2]
+    # two steps for the transfer set, two for the held-out dreams
+    assert [e.step for e in events if isinstance(e, Progress) and e.stage is Stage.DREAM] == [1, 2, 3, 4]
+    assert [e.step for e in events if isinstance(e, ImagesReady)] == [1, 2, 3, 4]
     metrics = [(e.stage, e.metric, e.network, e.step) for e in events if isinstance(e, MetricLogged)]
-    curve, top1, accuracy = Metric.CURVE_ACCURACY, Metric.DREAM_TOP1, Metric.ACCURACY
+    curve, top1, accuracy, kl = Metric.CURVE_ACCURACY, Metric.DREAM_TOP1, Metric.ACCURACY, Metric.HOLDOUT_AGREEMENT
     assert metrics == [
         (Stage.PRUNE, curve, Network.TEACHER, 0),
         (Stage.PRUNE, curve, Network.PRUNED, 0),
         (Stage.DREAM, top1, Network.TEACHER, 0),
         (Stage.REFIT, curve, Network.REFIT, 0),
         (Stage.DISTILL, curve, Network.RECOVERED, 0),
+        (Stage.DISTILL, kl, Network.RECOVERED, 0),  # the start, judged on the held-out dreams ...
         (Stage.DISTILL, curve, Network.RECOVERED, 1),
+        (Stage.DISTILL, kl, Network.RECOVERED, 1),  # ... and every epoch after it
         (Stage.DISTILL, curve, Network.RECOVERED, 2),
+        (Stage.DISTILL, kl, Network.RECOVERED, 2),
         (Stage.BASELINE, curve, Network.NOISE, 0),  # where the baseline starts: the refit on noise
+        (Stage.BASELINE, kl, Network.NOISE, 0),  # judged on held-out noise: the same recipe on noise
         (Stage.BASELINE, curve, Network.NOISE, 1),
+        (Stage.BASELINE, kl, Network.NOISE, 1),
         (Stage.BASELINE, curve, Network.NOISE, 2),
+        (Stage.BASELINE, kl, Network.NOISE, 2),
         (Stage.BASELINE, accuracy, Network.NOISE, 0),
         (Stage.EVALUATE, accuracy, Network.TEACHER, 0),
         (Stage.EVALUATE, accuracy, Network.PRUNED, 0),
@@ -349,7 +356,8 @@ def test_gradual_channel_pruning_ends_with_the_macs_asked_for(teacher_checkpoint
     result = events[-1].result
     described = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.DISTILL]
     assert described[0].endswith("pruned from 20% to 50% of MACs over 1 epochs")
-    sparsity = [e.metrics["sparsity"] for e in events if isinstance(e, Progress) and e.stage is Stage.DISTILL]
+    trained = [e for e in events if isinstance(e, Progress) and e.stage is Stage.DISTILL and "epoch" in e.metrics]
+    sparsity = [e.metrics["sparsity"] for e in trained]  # not the learning-rate probes before training
     assert sparsity[0] == pytest.approx(0.2, abs=0.03) and sparsity[-1] == pytest.approx(0.5, abs=0.03)
     assert result.sparsity == pytest.approx(0.5, abs=0.03)
     assert result.sizes["recovered"].macs == pytest.approx(0.5 * result.sizes["teacher"].macs, rel=0.06)

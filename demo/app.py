@@ -195,6 +195,8 @@ def control_component(control: Control, value: Any, choices: Sequence[tuple[str,
         return gr.Radio(list(choices), value=value, **common)
     if control.kind == "slider":
         return gr.Slider(control.low, control.high, value=value, step=control.step, **common)
+    if control.kind == "text":
+        return gr.Textbox(str(value), max_lines=1, **common)
     # No minimum/maximum here: the app's own check names the control in plain words.
     return gr.Number(value, precision=0 if control.whole else None, **common)
 

@@ -237,6 +237,12 @@ class Outcome:
     teacher_macs: int = 0  # multiply-accumulates of one image's forward pass
     student_macs: int = 0
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # "teacher", "recovered": CPU, by batch
+    holdout_agreement: tuple[
+        tuple[int, float], ...
+    ] = ()  # (epoch, % agreement on held-out dreams): the data-free score
+    kept_epoch: int | None = None  # the epoch the score kept (0 = the start: recovery did not beat it)
+    lr: float = 0.0  # the distillation's peak learning rate
+    lr_probes: int = 0  # how many probe runs chose it (0 = given)
 
 
 def _sizes(path: Path) -> tuple[int, int]:
@@ -276,6 +282,10 @@ def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
         teacher_macs=result.sizes["teacher"].macs,
         student_macs=result.sizes["recovered"].macs,
         latency_ms=result.latency_ms,
+        holdout_agreement=tuple(result.distilled.holdout_agreement),
+        kept_epoch=result.distilled.kept_epoch,
+        lr=result.distilled.lr,
+        lr_probes=len(result.distilled.lr_probes),
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfkd_core import PRESETS, Recipe, RecoveryConfig, get_preset, help_of, with_overrides
+from dfkd_core.distill import LR_AUTO
 from dfkd_core.prune import GRANULARITIES, check_sparsity
 
 __all__ = [
@@ -85,7 +86,7 @@ class Control:
 
     name: str  # the Settings field, and the library's field name for recipe controls
     label: str
-    kind: str  # "dropdown", "slider", "radio" or "number"
+    kind: str  # "dropdown", "slider", "radio", "number" or "text" (a number, or the word "auto")
     info: str = ""
     default: Any = None  # None: from the budget's preset (recipe controls) or from the deployment (choices)
     section: str | None = None  # the Recipe part ("dream", "distill") holding this field: a recipe control
@@ -164,9 +165,16 @@ CONTROLS: tuple[Control, ...] = (
     _recipe_control("num_images", "Dream count", "dream", low=1, high=8_192, whole=True),
     _recipe_control("steps", "Dreaming steps per batch", "dream", low=1, high=2_000, whole=True),
     _recipe_control("epochs", "Distillation epochs", "distill", low=1, high=300, whole=True),
-    _recipe_control("temperature", "Distillation temperature", "distill", positive=True),
-    _recipe_control("r_bn", "BatchNorm weight (r_bn)", "dream", low=0),
-    _recipe_control("tv_l2", "TV weight (smoothness of the dreams)", "dream", low=0),
+    Control(
+        "lr",
+        label="Distillation learning rate",
+        kind="text",
+        info=_recipe_help("distill", "lr") + " (or a number, at most 1)",
+        section="distill",
+        high=1.0,
+        positive=True,
+        advanced=True,
+    ),
     Control(
         "seed",
         label="Seed",
@@ -193,9 +201,7 @@ class Settings:
     num_images: int
     steps: int
     epochs: int
-    temperature: float
-    r_bn: float
-    tv_l2: float
+    lr: float | str  # a number, or "auto": chosen by probe runs on held-out dreams
     seed: int
 
     def recipe(self) -> Recipe:
@@ -319,6 +325,8 @@ def parse_settings(values: Mapping[str, Any], choices: Mapping[str, Collection[s
         value = values.get(control.name)
         if control.kind in ("dropdown", "radio"):
             parsed[control.name] = _checked_choice(control, value, choices.get(control.name, control.choices))
+        elif control.kind == "text" and str(value).strip().lower() == LR_AUTO:
+            parsed[control.name] = LR_AUTO
         else:
             parsed[control.name] = _checked_number(control, value)
     return Settings(**parsed)

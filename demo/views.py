@@ -172,6 +172,8 @@ class LiveView:
         self.curve: list[tuple[int, float]] = []
         self.noise: float | None = None  # the noise baseline's accuracy on the live subset, known at the end
         self.noise_curve: list[tuple[int, float]] = []  # the noise baseline per epoch, as it trains
+        self.holdout_agreement: list[tuple[int, float]] = []  # the student's data-free score per epoch
+        self.kept_epoch: int | None = None  # the epoch that score kept, once distillation is over
         self.losses: list[tuple[int, dict[str, float]]] = []
         self.curve_images = self.eval_images = 0
         self.state = "running"  # "running", "done", "stopped", "failed" or "example" (a replayed recording)
@@ -228,6 +230,9 @@ class LiveView:
             case (Metric.CURVE_ACCURACY, Network.RECOVERED):
                 self.curve.append((item.step, item.value))
                 return {"accuracy": self.accuracy_figure(), "log": self.log_rows(), "status": self.status()}
+            case (Metric.HOLDOUT_AGREEMENT, Network.RECOVERED):
+                self.holdout_agreement.append((item.step, item.value))
+                return {"accuracy": self.accuracy_figure()}
             case (Metric.CURVE_ACCURACY, Network.NOISE):  # per epoch on the live subset, like the rest of the plot
                 self.noise = item.value
                 self.noise_curve = [*(self.noise_curve if item.step else []), (item.step, item.value)]
@@ -261,13 +266,17 @@ class LiveView:
             self.story.append(
                 f"Distillation on the dreams: {start:.1f}% -> {end:.1f}% after {self.curve[-1][0]} epochs."
             )
-            return {"status": self.status()}
+            self.kept_epoch = item.summary.get("kept_epoch")
+            if self.kept_epoch is not None:
+                self.story.append(kept_words(self.kept_epoch, self.curve[-1][0]))
+            return {"status": self.status(), "accuracy": self.accuracy_figure()}
         return {}
 
     def _finish(self, outcome: Outcome) -> dict[str, Any]:
         self.state = "done"
         self.noise = outcome.curve_references.get(Network.NOISE)  # on the live subset, like the rest of the plot
         self.curve = list(outcome.curve)
+        self.holdout_agreement, self.kept_epoch = list(outcome.holdout_agreement), outcome.kept_epoch
         split = "full test split" if outcome.full_split else "test subset"
         line = (
             f"Final, {split} ({outcome.eval_images:,} images): teacher {outcome.teacher_acc:.2f}%, "
@@ -321,7 +330,16 @@ class LiveView:
         subtitle = f"{self.title}, {self.sparsity:.0%} of {self.removed} removed, {where}"
         noise = self.noise_curve or self.noise  # a curve while (or once) it trains, else its level, if known
         baselines = None if noise is None else {str(Network.NOISE): noise}
-        return curves_figure(self.curve, teacher, pruned, baselines, epochs=self.epochs, subtitle=subtitle)
+        return curves_figure(
+            self.curve,
+            teacher,
+            pruned,
+            baselines,
+            epochs=self.epochs,
+            subtitle=subtitle,
+            holdout_agreement=self.holdout_agreement,
+            kept_epoch=self.kept_epoch,
+        )
 
     def log_rows(self) -> list[list[float]]:
         """The live curve as table rows: epoch, accuracy (%)."""
@@ -358,6 +376,17 @@ class LiveView:
                 f"numbers: the full test split ({self.eval_images:,} images).</small>"
             )
         return '<div class="dfkd-status">' + "".join(f"<div>{line}</div>" for line in lines if line) + "</div>"
+
+
+def kept_words(kept_epoch: int, epochs: int) -> str:
+    """The guard's choice as the story tells it."""
+    if kept_epoch == 0:
+        return (
+            "Recovery did not beat the start: no epoch came closer to the teacher on the held-out dreams, so the "
+            "student you get is the pruned one, unchanged by distillation."
+        )
+    where = "the last epoch" if kept_epoch == epochs else f"epoch {kept_epoch} of {epochs}"
+    return f"Judged on held-out dreams alone (no labels), {where} answers most like the teacher: that student is kept."
 
 
 def speedup_words(outcome: Outcome) -> str:

@@ -35,7 +35,7 @@ def smoke_recipe(recipe: dfkd.Recipe) -> dfkd.Recipe:
     of 30; every other setting (the refit included) stays the recipe's own."""
     return dfkd.with_overrides(
         recipe,
-        dream={"num_images": 60, "batch_size": 60, "steps": 40, "preview_every": 10},
+        dream={"num_images": 60, "batch_size": 60, "steps": 40, "preview_every": 10, "holdout": 30},
         distill={"epochs": 5, "batch_size": 30},
     )
 

@@ -1,9 +1,12 @@
-"""``dfkd`` command line: list teachers, evaluate one, recover a pruned one.
+"""``dfkd`` command line: list teachers, evaluate one, recover a pruned one, show a recipe.
 
-Every recipe knob of :class:`DreamConfig` (``--dream-*``), :class:`RefitConfig` (``--refit-*``,
-with ``--refit/--no-refit`` to switch the stage) and :class:`DistillConfig` (``--distill-*``) is a
-flag, generated from the dataclasses (help text from each field's metadata), so the two can never
-drift apart.
+``dfkd recover`` has a few named flags for what users change (teacher, data, sparsity, scope, granularity,
+preset, out, device, seed, baselines, dreams) and one generic ``--set section.field=value`` (repeatable) for
+every field of the recipe: ``dream.*`` (:class:`DreamConfig`), ``refit.*`` (:class:`RefitConfig`),
+``distill.*`` (:class:`DistillConfig`), and ``refit=on|off`` for the optional refit stage. Values are parsed
+to the field's type and checked by the dataclasses themselves, so the command line never drifts from them.
+``dfkd recipe [--preset P] [--set ...] [--json]`` prints every field with its value and its help (from each
+field's metadata), which keeps ``dfkd recover --help`` short enough to read on one screen.
 Errors a user can fix end with one readable line on stderr and exit status 2.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -27,83 +31,121 @@ from .events import Finished, Stage, StageFinished
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
 from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
-from .prune import GRANULARITIES, SCOPES
+from .prune import FLOOR, GRANULARITIES, SCOPES
 from .refit import RefitConfig
 from .zoo import get_pretrained, list_teachers
 
 EXIT_USAGE = 2
-RECIPE_SECTIONS = ("dream", "refit", "distill")  # the Recipe fields, each a flag prefix: --dream-steps, ...
+RECIPE_SECTIONS = ("dream", "refit", "distill")  # the Recipe fields, in the order they run: --set dream.steps=100
+SWITCHES = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+SET_FORM = "SECTION.FIELD=VALUE"
+REFIT_HELP = "refit the pruned layers on the dreams before distillation"
 
 
-def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    default = get_preset("default")
-    for section in RECIPE_SECTIONS:
-        config = getattr(default, section) or RefitConfig()
-        group = parser.add_argument_group(
-            f"{section} (overrides the preset; defaults shown are the 'default' preset's)"
+def _suggest(word: str, choices: list[str]) -> str:
+    """' (did you mean X?)' for the nearest of ``choices``, or ''."""
+    near = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _switch(text: str) -> bool:
+    try:
+        return SWITCHES[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"expected on or off (or true/false, yes/no, 1/0), got {text!r}") from None
+
+
+def _parse_set(item: str, base: Recipe) -> tuple[str, str | None, Any]:
+    """One ``--set`` item as (section, field or None for ``refit`` itself, value); ``ValueError`` saying what
+    was expected otherwise. A field's value is parsed against its value in ``base`` (the preset)."""
+    key, eq, text = item.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ValueError(f"--set {item!r}: expected {SET_FORM}, e.g. --set dream.steps=100 (every field: dfkd recipe)")
+    section, dot, name = key.partition(".")
+    if section not in RECIPE_SECTIONS:
+        raise ValueError(
+            f"--set {item!r}: unknown section {section!r}{_suggest(section, list(RECIPE_SECTIONS))}; "
+            f"sections: {', '.join(RECIPE_SECTIONS)} (every field: dfkd recipe)"
         )
-        if section == "refit":
-            group.add_argument(
-                "--refit",
-                dest="use_refit",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help="refit the pruned layers on the dreams before distillation (default: as the preset)",
-            )
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            flag, dest = f"--{section}-{f.name.replace('_', '-')}", f"{section}.{f.name}"
-            help_text = f"{help_of(type(config), f.name)} (default: {value})"
-            help_text = help_text.replace("%", "%%")  # argparse %-formats help: a knob's "50%" must stay text
-            if isinstance(value, bool):
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            else:
-                group.add_argument(
-                    flag,
-                    dest=dest,
-                    type=_knob_parser(value),
-                    default=None,
-                    metavar=type(value).__name__.upper() if not isinstance(value, str) else "VALUE",
-                    help=help_text,
-                )
-
-
-def _knob_parser(default: Any) -> Any:
-    """An argparse ``type`` for a knob whose default is ``default`` (see :func:`parse_knob`)."""
-
-    def parse(text: str) -> Any:
+    if not dot and section != "refit":
+        raise ValueError(f"--set {item!r}: expected {SET_FORM}, e.g. --set {section}.<field>=VALUE; see dfkd recipe")
+    if not dot:  # the refit stage itself: on or off
         try:
-            return parse_knob(text, default)
+            return section, None, _switch(text)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+            raise ValueError(f"--set {item!r}: refit: {err}") from None
+    config = getattr(base, section) or RefitConfig()
+    names = [f.name for f in dataclasses.fields(config)]
+    name = name.strip().replace("-", "_")
+    if name not in names:
+        raise ValueError(
+            f"--set {item!r}: unknown field {name!r} of {section}{_suggest(name, names)}; "
+            f"{section} fields: {', '.join(names)}"
+        )
+    default = getattr(config, name)
+    try:
+        value = _switch(text) if isinstance(default, bool) else parse_knob(text.strip(), default)
+    except ValueError as err:
+        raise ValueError(f"--set {item!r}: {section}.{name}: {err}") from None
+    return section, name, value
 
-    parse.__name__ = type(default).__name__  # what argparse names in "invalid ... value"
-    return parse
 
-
-def _recipe_from_args(args: argparse.Namespace) -> Recipe:
+def recipe_from_sets(preset: str, granularity: str = "weight", items: list[str] | None = None) -> Recipe:
+    """The recipe of ``preset`` for ``granularity`` with ``--set`` items applied (the last of a key wins)."""
+    base = get_preset(preset, granularity)
     overrides: dict[str, dict[str, Any]] = {section: {} for section in RECIPE_SECTIONS}
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            section, name = key.split(".", 1)
+    use_refit: bool | None = None
+    for item in items or ():
+        section, name, value = _parse_set(item, base)
+        if name is None:
+            use_refit = value
+        else:
             overrides[section][name] = value
-    return with_overrides(
-        get_preset(args.preset, args.granularity),
-        overrides["dream"],
-        overrides["distill"],
-        overrides["refit"],
-        use_refit=args.use_refit,
+    refit_on = base.refit is not None if use_refit is None else use_refit
+    if overrides["refit"] and not refit_on:
+        raise ValueError(
+            f"refit settings ({', '.join(overrides['refit'])}) given, but this recipe does not refit; "
+            "add --set refit=on, or use a preset that refits (quick)"
+        )
+    return with_overrides(base, overrides["dream"], overrides["distill"], overrides["refit"], use_refit=use_refit)
+
+
+def _add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar=SET_FORM,
+        help="change one recipe field, e.g. --set dream.steps=100 --set distill.lr=0.03 --set refit=on "
+        "(repeatable; the last of a key wins; every field: dfkd recipe)",
     )
 
 
 def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, help="registry id (see `dfkd teachers`) or checkpoint path")
-    parser.add_argument("--arch", help="architecture of a checkpoint that does not record it")
-    parser.add_argument("--normalization", help="'imagenet', 'cifar10' or 'm1,m2,m3,s1,s2,s3' (if not recorded)")
     parser.add_argument(
-        "--data", default="cifar10", help="evaluation data: 'cifar10' or an ImageFolder root with test/"
+        "--teacher", required=True, metavar="ID|PATH", help="registry id (see dfkd teachers) or checkpoint path"
+    )
+    parser.add_argument("--arch", help="architecture of a checkpoint that does not record it")
+    parser.add_argument("--normalization", help="imagenet, cifar10 or m1,m2,m3,s1,s2,s3 (if not recorded)")
+    parser.add_argument(
+        "--data", default="cifar10", help="cifar10 or an ImageFolder root with test/ (default: %(default)s)"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def _add_recipe_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), default="default", help="recipe preset (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="weight",
+        help="prune single weights (same shape) or whole channels (smaller, faster; pruned gradually, no refit)",
+    )
+    _add_set_flag(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,49 +163,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_flags(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
-    rec = commands.add_parser("recover", help="prune a teacher and recover it by data-free distillation")
+    rec = commands.add_parser(
+        "recover",
+        help="prune a teacher and recover it by data-free distillation",
+        usage="dfkd recover --teacher ID|PATH --out DIR [--sparsity S] [--granularity G] [--preset P]\n"
+        f"                    [--set {SET_FORM} ...] [options]",
+        epilog="every recipe field: dfkd recipe; change one with --set section.field=value",
+    )
     _add_teacher_flags(rec)
     rec.add_argument(
         "--sparsity",
         type=float,
         default=0.75,
-        help="fraction to remove, in [0, 1): of the Conv/Linear weights, or of the MACs with --granularity channel",
-    )
-    rec.add_argument(
-        "--granularity",
-        choices=GRANULARITIES,
-        default="weight",
-        help="remove single weights (weight, the paper's: same shape and speed) or whole channels with "
-        "Torch-Pruning (channel: a smaller, faster network; the preset's recipe then prunes gradually during "
-        "distillation, from 20%% of the MACs over 5/6 of the epochs, without the refit)",
+        help="share to remove, in [0, 1): of the weights, or of the MACs by channel (default: %(default)s)",
     )
     rec.add_argument(
         "--scope",
         choices=SCOPES,
         default="global",
-        help="one magnitude threshold over all layers (global, the paper's), one per layer (layerwise), or one "
-        "over scale-free layer-adaptive scores (lamp); for channels, the same rankings of whole channels",
+        help="how layers share the cut: global (one magnitude ranking, the paper's), layerwise, lamp, or floor "
+        f"(global, but every layer keeps its largest {FLOOR * 100:g}%%)",
     )
-    rec.add_argument("--out", required=True, type=Path, help=f"output directory ({', '.join(OUTPUT_FILES)})")
-    rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--preset", choices=tuple(PRESETS), default="default", help="recipe preset")
+    rec.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help=f"output directory ({', '.join(OUTPUT_FILES)})"
+    )
+    rec.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    _add_recipe_choice(rec)
     rec.add_argument(
         "--baselines",
         default="noise",
-        help=f"comma list of same-budget baselines ({', '.join(BASELINES)}: "
-        "the oracle on real training images), or none",
+        help=f"comma list of same-budget baselines ({', '.join(BASELINES)}: real images, an oracle) or none",
     )
-    rec.add_argument(
-        "--curve-per-class", type=int, default=200, help="test images per class for the per-epoch curve (0 = all)"
-    )
-    rec.add_argument(
-        "--eval-per-class", type=int, default=0, help="test images per class for reported accuracies (0 = all)"
-    )
-    rec.add_argument(
-        "--dreams", type=Path, help="reuse dreams.pt from an earlier run of the same teacher (skips dreaming)"
-    )
+    rec.add_argument("--curve-per-class", type=int, default=200, help="test images per class, per-epoch curve (0: all)")
+    rec.add_argument("--eval-per-class", type=int, default=0, help="test images per class, final accuracies (0: all)")
+    rec.add_argument("--dreams", type=Path, help="reuse dreams.pt of an earlier run of this teacher (no dreaming)")
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_recipe_flags(rec)
+
+    recipe = commands.add_parser(
+        "recipe",
+        help="print every recipe field with its value and help (what --set can change)",
+        epilog="each line: section.field = value  # help. Change one with --set section.field=value.",
+    )
+    _add_recipe_choice(recipe)
+    recipe.add_argument("--json", action="store_true", help="print the recipe as one JSON object")
 
     demo = commands.add_parser("demo", help="launch the Gradio app (further flags go to demo/app.py, e.g. --data)")
     demo.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -271,7 +313,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         sparsity=args.sparsity,
         scope=args.scope,
         granularity=args.granularity,
-        recipe=_recipe_from_args(args),
+        recipe=recipe_from_sets(args.preset, args.granularity, args.sets),
         baselines=baselines,
         curve_per_class=args.curve_per_class,
         eval_per_class=args.eval_per_class,
@@ -306,6 +348,38 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(value: Any) -> str:
+    """A field's value as ``--set`` takes it."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    recipe = recipe_from_sets(args.preset, args.granularity, args.sets)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(recipe)))
+        return 0
+    lines: list[tuple[str, str]] = []
+    for section in RECIPE_SECTIONS:
+        config = getattr(recipe, section)
+        if section == "refit":
+            on = config is not None
+            lines.append(
+                (
+                    "refit = " + ("on" if on else "off"),
+                    REFIT_HELP + ("" if on else "; --set refit=on uses the values below"),
+                )
+            )
+            config = config or RefitConfig()
+        for f in dataclasses.fields(config):
+            lines.append((f"{section}.{f.name} = {_shown(getattr(config, f.name))}", help_of(type(config), f.name)))
+        lines.append(("", ""))
+    width = max(len(left) for left, _ in lines)
+    print(f"# preset {args.preset}, granularity {args.granularity}" + "".join(f", --set {item}" for item in args.sets))
+    for left, help_text in lines[:-1]:
+        print(f"{left:<{width}}   # {help_text}" if left else "")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Start ``demo/app.py`` of the source checkout this package runs from (editable install)."""
     import importlib.util
@@ -325,7 +399,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"teachers": _cmd_teachers, "evaluate": _cmd_evaluate, "recover": _cmd_recover, "demo": _cmd_demo}
+    handlers = {
+        "teachers": _cmd_teachers,
+        "evaluate": _cmd_evaluate,
+        "recover": _cmd_recover,
+        "recipe": _cmd_recipe,
+        "demo": _cmd_demo,
+    }
     limit_threads()
     try:
         return handlers[args.command](args)
@@ -335,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     except (torch.OutOfMemoryError, MemoryError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(
-            f"dfkd {args.command}: error: out of memory ({first}); lower --dream-batch-size, --refit-batch-size or "
-            "--distill-batch-size, or run on --device cpu",
+            f"dfkd {args.command}: error: out of memory ({first}); lower the batch size (--set dream.batch_size=N, "
+            "refit.batch_size or distill.batch_size), or run on --device cpu",
             file=sys.stderr,
         )
         return EXIT_USAGE

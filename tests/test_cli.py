@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,23 +9,26 @@ import torch
 
 from dfkd_core import cli, evaluate, load_checkpoint, load_eval_set
 from dfkd_core.cli import main
-from dfkd_core.dream import DreamSet
+from dfkd_core.distill import DistillConfig
+from dfkd_core.dream import DreamConfig, DreamSet
+from dfkd_core.pipeline import Recipe, get_preset
+from dfkd_core.refit import RefitConfig
 
 TINY_FLAGS = [
     "--sparsity",
     "0.5",
-    "--dream-num-images",
-    "20",
-    "--dream-batch-size",
-    "20",
-    "--dream-steps",
-    "2",
-    "--dream-holdout",
-    "10",
-    "--distill-epochs",
-    "1",
-    "--distill-batch-size",
-    "10",
+    "--set",
+    "dream.num_images=20",
+    "--set",
+    "dream.batch_size=20",
+    "--set",
+    "dream.steps=2",
+    "--set",
+    "dream.holdout=10",
+    "--set",
+    "distill.epochs=1",
+    "--set",
+    "distill.batch_size=10",
     "--curve-per-class",
     "2",
     "--device",
@@ -76,7 +80,8 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
                 str(out),
                 "--baselines",
                 "noise,real",
-                "--refit",
+                "--set",
+                "refit=on",
                 *TINY_FLAGS,
             ]
         )
@@ -136,21 +141,106 @@ def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     assert "invalid choice: 'filters'" in capsys.readouterr().err
 
 
-def test_recipe_flags_are_generated_with_help(capsys):
+def _recipe(capsys, *args):
+    assert main(["recipe", *args]) == 0
+    return capsys.readouterr().out
+
+
+def _recipe_json(capsys, *args):
+    return json.loads(_recipe(capsys, *args, "--json"))
+
+
+def test_recover_help_fits_one_screen_and_points_to_dfkd_recipe(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
     with pytest.raises(SystemExit):
         main(["recover", "--help"])
     text = capsys.readouterr().out
-    for flag in (
-        "--dream-r-bn",
-        "--dream-first-bn-multiplier",
-        "--distill-temperature",
-        "--distill-feature-weight",
-        "--no-dream-flip",
-        "--no-refit",
-        "--refit-damping",
-    ):
-        assert flag in text
-    assert "weight of the BatchNorm-statistics loss" in text
+    assert len(text.splitlines()) <= 60, text
+    assert "--set SECTION.FIELD=VALUE" in text and "dfkd recipe" in text
+    assert "--dream-" not in text and "--distill-" not in text and "--no-refit" not in text
+
+
+def test_recipe_lists_every_field_with_its_value_and_help(capsys):
+    text = _recipe(capsys)
+    assert "dream.r_bn = 0.05" in text and "# weight of the BatchNorm-statistics loss" in text
+    assert "distill.temperature = 4.0" in text and "dream.flip = on" in text
+    assert "refit = off" in text and "refit.damping = 0.01" in text, "the refit fields --set refit=on would use"
+    recipe = get_preset("default")
+    for section in ("dream", "distill"):
+        for f in dataclasses.fields(getattr(recipe, section)):
+            assert f"\n{section}.{f.name} = " in text
+    assert "refit = on" in _recipe(capsys, "--preset", "quick")
+
+
+@pytest.mark.parametrize("preset", ["quick", "default", "best"])
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_recipe_json_round_trips_to_the_preset(capsys, preset, granularity):
+    shown = _recipe_json(capsys, "--preset", preset, "--granularity", granularity)
+    recipe = get_preset(preset, granularity)
+    assert shown == json.loads(json.dumps(dataclasses.asdict(recipe)))
+    refit = RefitConfig(**shown["refit"]) if shown["refit"] is not None else None
+    rebuilt = Recipe(DreamConfig(**shown["dream"]), DistillConfig(**shown["distill"]), refit)
+    assert rebuilt == recipe
+
+
+def test_set_changes_fields_parsed_to_their_type(capsys):
+    shown = _recipe_json(
+        capsys,
+        *("--set", "dream.steps=100", "--set", "distill.lr=0.03", "--set", "dream.num-images=64"),
+        *("--set", "distill.bn_mode=frozen", "--set", "dream.tv_l2=1e-4"),
+    )
+    assert shown["dream"]["steps"] == 100 and shown["dream"]["num_images"] == 64 and shown["dream"]["tv_l2"] == 1e-4
+    assert shown["distill"]["lr"] == 0.03 and shown["distill"]["bn_mode"] == "frozen"
+    assert _recipe_json(capsys, "--set", "distill.lr=auto")["distill"]["lr"] == "auto"
+    last_wins = _recipe_json(capsys, "--set", "dream.steps=10", "--set", "dream.steps=20")
+    assert last_wins["dream"]["steps"] == 20
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("on", True),
+        ("off", False),
+        ("True", True),
+        ("false", False),
+        ("yes", True),
+        ("NO", False),
+        ("1", True),
+        ("0", False),
+    ],
+)
+def test_set_reads_switches(capsys, text, value):
+    shown = _recipe_json(capsys, "--set", f"dream.flip={text}", "--set", f"distill.cutmix={text}")
+    assert shown["dream"]["flip"] is value and shown["distill"]["cutmix"] is value
+
+
+def test_set_switches_the_refit_on_and_off(capsys):
+    assert _recipe_json(capsys)["refit"] is None
+    on = _recipe_json(capsys, "--set", "refit=on", "--set", "refit.damping=0.5")
+    assert on["refit"] == {**dataclasses.asdict(RefitConfig()), "damping": 0.5}
+    assert _recipe_json(capsys, "--preset", "quick", "--set", "refit=off")["refit"] is None
+    assert _recipe_json(capsys, "--set", "refit=on", "--set", "refit=off")["refit"] is None, "last wins"
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("dream.step=100", ["unknown field 'step' of dream", "did you mean 'steps'?", "num_images"]),
+        ("dreams.steps=100", ["unknown section 'dreams'", "did you mean 'dream'?", "dream, refit, distill"]),
+        ("refit.dampng=1", ["unknown field 'dampng' of refit", "did you mean 'damping'?"]),
+        ("dream.steps", ["expected SECTION.FIELD=VALUE", "--set dream.steps=100"]),
+        ("dream=3", ["expected SECTION.FIELD=VALUE"]),
+        ("dream.steps=many", ["dream.steps: expected a whole number, got 'many'"]),
+        ("dream.lr=fast", ["dream.lr: expected a number, got 'fast'"]),
+        ("dream.flip=maybe", ["dream.flip: expected on or off"]),
+        ("refit=perhaps", ["refit: expected on or off"]),
+        ("dream.steps=0", ["dream steps must be a whole number >= 1"]),
+        ("refit.damping=0.1", ["this recipe does not refit", "--set refit=on"]),
+    ],
+)
+def test_set_errors_say_what_was_expected(capsys, item, expected):
+    err = _bad(["recipe", "--set", item], capsys, *expected)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def _bad(args, capsys, *expected):
@@ -214,35 +304,36 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
     )
     late = [a if a != str(out) else str(tmp_path / "late") for a in base]  # fails after dreaming: keeps the dreams
     _bad(  # without held-out dreams nothing can be kept from a diverging run
-        [*late, "--teacher", str(teacher_checkpoint), "--distill-lr", "1e30", "--dream-holdout", "0"],
+        [*late, "--teacher", str(teacher_checkpoint), "--set", "distill.lr=1e30", "--set", "dream.holdout=0"],
         capsys,
         "distillation loss became",
         "--dreams",
     )
     _bad(
-        [*base, "--teacher", str(teacher_checkpoint), "--dream-steps", "0"],
+        [*base, "--teacher", str(teacher_checkpoint), "--set", "dream.steps=0"],
         capsys,
         "dream steps must be a whole number >= 1",
     )
     _bad([*base, "--teacher", str(teacher_checkpoint), "--baselines", "gan"], capsys, "unknown baseline")
     _bad(
-        [*base, "--teacher", str(teacher_checkpoint), "--refit", "--refit-damping", "0"],
+        [*base, "--teacher", str(teacher_checkpoint), "--set", "refit=on", "--set", "refit.damping=0"],
         capsys,
         "damping must be a finite",
     )
     _bad(
-        [*base, "--teacher", str(teacher_checkpoint), "--refit-damping", "0.1"],
+        [*base, "--teacher", str(teacher_checkpoint), "--set", "refit.damping=0.1"],
         capsys,
         "refit settings (damping) given, but this recipe does not refit",
+        "--set refit=on",
     )
     _bad(
-        [*base, "--teacher", str(teacher_checkpoint), "--refit", "--distill-gradual-epochs", "1"],
+        [*base, "--teacher", str(teacher_checkpoint), "--set", "refit=on", "--set", "distill.gradual_epochs=1"],
         capsys,
         "the refit fits a student pruned in one cut",
         "--distill-gradual-epochs 0",
     )
     _bad(
-        [*base, "--teacher", str(teacher_checkpoint), "--distill-gradual-epochs", "99"],
+        [*base, "--teacher", str(teacher_checkpoint), "--set", "distill.gradual_epochs=99"],
         capsys,
         "gradual_epochs must be in [0,",
     )
@@ -291,6 +382,16 @@ def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_
     assert "No space left on device" in captured.err and "Traceback" not in captured.err
 
 
+def test_a_run_that_only_gets_worse_hands_back_its_start_and_says_so(teacher_checkpoint, image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out)]
+    assert main([*args, "--baselines", "none", *TINY_FLAGS, "--set", "distill.lr=1e30"]) == 0
+    assert "recovery did NOT beat the start" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["distill"]["kept_epoch"] == 0 and report["distill"]["beat_start"] is False
+    assert report["recovered_acc"] == report["pruned_acc"], "the student handed back is the pruned one"
+
+
 @pytest.mark.parametrize(
     ("failure", "code", "said"),
     [
@@ -299,16 +400,6 @@ def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_
     ],
     ids=["nan", "ctrl-c"],
 )
-def test_a_run_that_only_gets_worse_hands_back_its_start_and_says_so(teacher_checkpoint, image_root, tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), "--out", str(out)]
-    assert main([*args, "--baselines", "none", *TINY_FLAGS, "--distill-lr", "1e30"]) == 0
-    assert "recovery did NOT beat the start" in capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
-    assert report["distill"]["kept_epoch"] == 0 and report["distill"]["beat_start"] is False
-    assert report["recovered_acc"] == report["pruned_acc"], "the student handed back is the pruned one"
-
-
 def test_a_late_failure_keeps_the_dreams_and_says_how_to_resume(
     teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch, failure, code, said
 ):
@@ -363,7 +454,7 @@ def test_an_unreadable_data_folder_and_out_of_memory_exit_2(
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(cli, "recover", exhausted)
-    _bad([*base, "--out", str(tmp_path / "b")], capsys, "out of memory", "--dream-batch-size")
+    _bad([*base, "--out", str(tmp_path / "b")], capsys, "out of memory", "--set dream.batch_size=")
 
 
 def test_labels_are_matched_by_class_name(teacher, teacher_checkpoint, image_root, tmp_path, capsys):

@@ -65,7 +65,7 @@ class DistillConfig:
     batch_size: int = knob(32, "images per SGD step: small, so 1,024 dreams give 32 steps an epoch")
     lr: float | str = knob(
         "auto",
-        "SGD peak learning rate, cosine-annealed to zero; 'auto': the best of short probe runs on held-out dreams",
+        "SGD peak learning rate, cosine-annealed to zero; 'auto': chosen by one-epoch probe runs scored on held-out dreams",
     )
     momentum: float = knob(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = knob(0.0, "L2 weight decay (the pruned student starts at a good minimum)")
@@ -400,6 +400,15 @@ def _choose_lr(
     return list(tried.items())
 
 
+def pick_lr(probes: list[tuple[float, float]], views: int) -> tuple[float, float]:
+    """The smallest probed rate whose held-out agreement is within one standard error of the best probe's (the
+    one-standard-error rule of model selection): a lead that the noise of ``views`` scored images could make is
+    no reason to train faster. Returns the rate and the margin, in points."""
+    best = max(agreement for _, agreement in probes)
+    margin = 100 * math.sqrt(best / 100 * (1 - best / 100) / views)
+    return min(lr for lr, agreement in probes if agreement >= best - margin), margin
+
+
 def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -478,11 +487,13 @@ def iter_distill(
         result.lr_probes = yield from _choose_lr(
             student, teacher, images, normalization, config, score, seed, device, stage, probe_steps + steps
         )
-        result.lr = max(result.lr_probes, key=lambda probe: probe[1])[0]
+        result.lr, margin = pick_lr(result.lr_probes, len(score))
         result.probe_seconds = time.perf_counter() - probes_started
         tried = ", ".join(f"{lr:.3g}: {agreement:.1f}%" for lr, agreement in result.lr_probes)
         yield Notice(
-            stage, f"learning rate {result.lr:.3g}: the best held-out agreement after one probe epoch ({tried})"
+            stage,
+            f"learning rate {result.lr:.3g}: the smallest within {margin:.1f} points (one standard error) of the "
+            f"best held-out agreement after one probe epoch ({tried})",
         )
     session = _session(student, teacher, images, normalization, config, result.lr, seed, device, stage, gradual)
     probed = len(result.lr_probes) * _steps_per_epoch(images, config)  # at most probe_steps: the stage's length now

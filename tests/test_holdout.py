@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from dfkd_core import DistillConfig, DreamConfig, DreamSet, Notice, distill, dream, prune_model
-from dfkd_core.distill import LR_FIRST_PROBE
-from dfkd_core.holdout import HoldoutAgreement
+from dfkd_core.distill import LR_FIRST_PROBE, pick_lr
+from dfkd_core.holdout import VIEWS_PER_DREAM, HoldoutAgreement
 from dfkd_core.zoo import CIFAR10, CIFAR10_CLASSES, Teacher
 
 TRAIN = DistillConfig(epochs=3, batch_size=16, lr=0.05)
@@ -102,6 +102,10 @@ def colored(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def colour_teacher() -> Teacher:
+    return train_colour_teacher()
+
+
+def train_colour_teacher() -> Teacher:
     """A three-convolution network with BatchNorm, trained to tell the colours apart (a few seconds)."""
     torch.manual_seed(0)
     layers: list[nn.Module] = []
@@ -146,13 +150,21 @@ def test_auto_lr_takes_a_smaller_rate_for_small_weights_than_for_the_same_networ
         scaled = _scaled(colour_teacher, factor)
         x = scaled.normalization.normalize(held)
         assert torch.allclose(scaled.model(x), colour_teacher.model(x), atol=1e-4), "the same function"
-        student = prune_model(scaled.model, 0.6)
+        student = prune_model(scaled.model, 0.6, scope="layerwise")  # the same weights go at every scale
         config = DistillConfig(epochs=1, batch_size=16)
         result = distill(student, scaled.model, transfer, scaled.normalization, config, holdout=held)
         assert len(result.lr_probes) >= 2 and result.lr_probes[0][0] == LR_FIRST_PROBE
-        assert result.lr == max(result.lr_probes, key=lambda probe: probe[1])[0]
+        assert result.lr == pick_lr(result.lr_probes, VIEWS_PER_DREAM * len(held))[0]
         chosen[factor] = result.lr
     assert chosen[0.1] < chosen[10.0]
+
+
+def test_the_rate_is_the_smallest_within_one_standard_error_of_the_best():
+    probes = [(0.1, 50.4), (0.0316, 42.6), (0.316, 50.8), (1.0, 16.8)]
+    assert pick_lr(probes, 256) == (0.1, pytest.approx(100 * (0.508 * 0.492 / 256) ** 0.5)), "0.4 points: noise"
+    assert pick_lr(probes, 1_000_000)[0] == 0.316, "with many views the lead is real"
+    assert pick_lr([(0.1, 55.5), (0.0316, 43.0), (0.316, 47.3)], 256)[0] == 0.1
+    assert pick_lr([(0.1, 100.0), (0.0316, 100.0)], 10)[0] == 0.0316, "a tie at the top goes to the smaller rate"
 
 
 def test_auto_lr_needs_held_out_dreams(teacher):

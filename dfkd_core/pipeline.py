@@ -138,7 +138,7 @@ def with_overrides(
     if not on and refit:
         raise ValueError(
             f"refit settings ({', '.join(refit)}) given, but this recipe does not refit; switch it on as well "
-            "(use_refit=True; --refit on the command line) or use a preset that refits (quick)"
+            "(use_refit=True; --set refit=on on the command line) or use a preset that refits (quick)"
         )
     distill = dict(distill or {})
     if "epochs" in distill and "gradual_epochs" not in distill and recipe.distill.gradual_epochs:
@@ -195,7 +195,7 @@ class RecoveryConfig:
             raise ValueError(
                 "the refit fits a student pruned in one cut, but distill gradual_epochs "
                 f"({self.recipe.distill.gradual_epochs}) prunes it during distillation; turn one of them off "
-                "(--no-refit, or --distill-gradual-epochs 0)"
+                "(--set refit=off, or --set distill.gradual_epochs=0)"
             )
 
 

@@ -85,7 +85,7 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, ...]:
     if layer.padding_mode != "zeros":
         raise ValueError(
             f"refit supports zero-padded convolutions only, not padding_mode={layer.padding_mode!r} "
-            f"in {layer}; turn the refit off for this model (Recipe(refit=None), --no-refit)"
+            f"in {layer}; turn the refit off for this model (Recipe(refit=None), --set refit=off)"
         )
     if layer.padding == "valid":
         return (0, 0)
@@ -200,7 +200,7 @@ def _refit_layer(
     if not torch.isfinite(refit).all():
         raise FloatingPointError(
             f"refit produced non-finite weights; raise the refit damping (now {config.damping}) "
-            "or turn the refit off (--no-refit)"
+            "or turn the refit off (--set refit=off)"
         )
     if layer.bias is not None:
         layer.bias.copy_(refit[:, -1])

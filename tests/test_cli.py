@@ -330,7 +330,7 @@ def test_bad_inputs_exit_2_with_a_message(teacher_checkpoint, image_root, test_o
         [*base, "--teacher", str(teacher_checkpoint), "--set", "refit=on", "--set", "distill.gradual_epochs=1"],
         capsys,
         "the refit fits a student pruned in one cut",
-        "--distill-gradual-epochs 0",
+        "--set distill.gradual_epochs=0",
     )
     _bad(
         [*base, "--teacher", str(teacher_checkpoint), "--set", "distill.gradual_epochs=99"],

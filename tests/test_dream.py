@@ -8,7 +8,7 @@ from dfkd_core import DreamConfig, DreamSet, ImagesReady, Progress, create_model
 from dfkd_core.dream import _BNStatisticsLoss, _ChannelMoments, _jittered, _Ones, _smoothness_prior, total_variation
 from dfkd_core.zoo import CIFAR10, Teacher
 
-TINY = DreamConfig(num_images=20, batch_size=10, steps=6, preview_every=3)
+TINY = DreamConfig(num_images=20, holdout=0, batch_size=10, steps=6, preview_every=3)
 
 
 def test_channel_moments_match_torch_and_have_exact_gradients():

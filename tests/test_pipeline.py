@@ -141,6 +141,7 @@ def test_result_and_report(teacher_checkpoint, image_root):
     assert report["dreams"]["count"] == 20 and report["dreams"]["steps"] == 2
     assert isinstance(report["baselines"]["noise"], float) and isinstance(report["baselines"]["real"], float)
     stages = {"load", "prune", "dream", "refit", "distill", "noise", "real", "evaluate", "total"}
+    stages |= {"holdout", "probes", "holdout_agreement"}  # the parts that judge the run, also measured apart
     assert set(report["timings_s"]) == stages
     assert report["settings"]["recipe"]["dream"]["num_images"] == 20
     assert report["curve"]["epochs"] == [0, 1, 2] and report["curve"]["images"] == 20

@@ -31,7 +31,7 @@ from .events import Finished, Stage, StageFinished
 from .outputs import OUTPUT_FILES, check_output_dir, write_outputs
 from .pipeline import BASELINES, PRESETS, Recipe, RecoveryConfig, RecoveryResult, get_preset, recover, with_overrides
 from .progress import ProgressBars
-from .prune import FLOOR, GRANULARITIES, SCOPES
+from .prune import GRANULARITIES, SCOPES
 from .refit import RefitConfig
 from .zoo import get_pretrained, list_teachers
 
@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         choices=SCOPES,
         default="global",
-        help="how layers share the cut: global (one magnitude ranking, the paper's), layerwise, lamp, or floor "
-        f"(global, but every layer keeps its largest {FLOOR * 100:g}%%)",
+        help="how layers share the cut: global (one magnitude ranking, the paper's), layerwise, or lamp "
+        "(one ranking of layer-normalized scores: no layer is emptied)",
     )
     rec.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help=f"output directory ({', '.join(OUTPUT_FILES)})"

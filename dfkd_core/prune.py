@@ -25,7 +25,6 @@ so it adapts to each cut before the next; at high sparsity this recovers more th
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,8 +52,7 @@ __all__ = [
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # One magnitude threshold over all layers (the paper's), one per layer, or one over scale-free LAMP scores.
-SCOPES = ("global", "layerwise", "lamp", "floor")
-FLOOR = 0.05  # scope "floor": every layer keeps at least this share of its weights (its largest)
+SCOPES = ("global", "layerwise", "lamp")
 # Unstructured (single weights, the paper's) or structured (whole channels, a smaller and faster network).
 GRANULARITIES = ("weight", "channel")
 
@@ -115,13 +113,12 @@ def prune_model(
     layers = prunable_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
-    if scope != "layerwise":
-        scores = {"global": None, "lamp": lamp_scores, "floor": floored_magnitudes}[scope]
+    if scope in ("global", "lamp"):
         torch_prune.global_unstructured(
             [(m, "weight") for _, m in layers],
             pruning_method=torch_prune.L1Unstructured,
             amount=sparsity,
-            importance_scores={(m, "weight"): scores(m.weight) for _, m in layers} if scores else None,
+            importance_scores={(m, "weight"): lamp_scores(m.weight) for _, m in layers} if scope == "lamp" else None,
         )
     else:
         for _, m in layers:
@@ -141,16 +138,6 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     larger_or_equal = ordered.flip(0).cumsum(0).flip(0)  # sum over this weight and every larger one
     scores = torch.empty_like(squares)
     scores[order] = ordered / larger_or_equal.clamp_min(torch.finfo(squares.dtype).tiny)
-    return scores.view_as(weight)
-
-
-@torch.no_grad()
-def floored_magnitudes(weight: torch.Tensor) -> torch.Tensor:
-    """The magnitude of every weight of a layer, with its largest :data:`FLOOR` share raised to infinity, so a
-    global threshold never takes them: every layer keeps at least that share of its weights."""
-    scores = weight.detach().abs().flatten().clone()
-    keep = max(1, math.ceil(FLOOR * scores.numel()))
-    scores[scores.topk(keep).indices] = math.inf
     return scores.view_as(weight)
 
 

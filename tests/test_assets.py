@@ -28,7 +28,7 @@ from dfkd_core.zoo import get_pretrained
 from .conftest import shared_asset
 from .test_pipeline import _forbid_training_reads
 
-pytestmark = pytest.mark.assets
+pytestmark = [pytest.mark.assets, pytest.mark.slow]
 
 CHENYAOFO = [
     "resnet20",

@@ -58,6 +58,7 @@ def _captions(page) -> list[str]:
     return page.locator("#dreams .caption-label").all_inner_texts()
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 def test_example_on_load_then_the_showcase_forms_and_stop_ends_the_run(browser, tmp_path):
     from playwright.sync_api import expect
@@ -113,6 +114,7 @@ def test_example_on_load_then_the_showcase_forms_and_stop_ends_the_run(browser, 
     print(f"screenshot: {artifacts / 'app-showcase.png'} (showcase formed {formed:.1f} s after Run)")
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_start_up_while_it_downloads(browser, teacher_checkpoint, image_root):
     from playwright.sync_api import expect
 

@@ -163,6 +163,7 @@ def test_distillation_matches_each_kept_channel_with_its_teacher_channel(arch):
     assert torch.isfinite(torch.tensor(result.final_loss))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["akamaster_resnet20", "mobilenetv2_x0_5"])
 def test_gradual_channel_pruning_shrinks_the_student_each_epoch_and_trains_what_is_left(arch):
     teacher = with_statistics(arch)
@@ -195,6 +196,7 @@ def test_gradual_channel_pruning_shrinks_the_student_each_epoch_and_trains_what_
         GradualPruning(0.5, 0.2, epochs=2, granularity="channel")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["akamaster_resnet20", "mobilenetv2_x0_5"])
 def test_the_refit_pulls_a_slim_student_towards_its_teacher(arch):
     """Depthwise convolutions included: each refit layer answers like the teacher's channels it kept."""
@@ -277,6 +279,7 @@ def test_a_slim_student_loaded_from_a_file_cannot_be_paired_silently(tmp_path):
     )  # logits only
 
 
+@pytest.mark.slow
 def test_the_refit_leaves_a_channel_that_never_fires_as_it_was():
     """A depthwise channel whose input is always zero has nothing to fit: its weights stay, finite."""
     teacher = with_statistics("mobilenetv2_x0_5")

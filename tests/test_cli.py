@@ -37,6 +37,7 @@ TINY_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     out = subprocess.run(
         [sys.executable, "-m", "dfkd_core.cli", "--version"], capture_output=True, text=True, check=True
@@ -66,6 +67,7 @@ def test_evaluate_json(teacher_checkpoint, image_root, capsys):
     assert record["params"] == sum(p.numel() for p in teacher.model.parameters()) and record["macs"] > 40e6
 
 
+@pytest.mark.slow
 def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -115,6 +117,7 @@ def test_recover_writes_every_output(teacher_checkpoint, image_root, tmp_path, c
     assert not list(tmp_path.glob(".run.*")), "no scratch folder left behind"
 
 
+@pytest.mark.slow
 def test_recover_by_channels_writes_a_slim_student_that_evaluate_scores(
     teacher_checkpoint, image_root, tmp_path, capsys
 ):

@@ -107,6 +107,7 @@ def jpeg_slice(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
     teacher = shared_asset("weights/cifar10-jpeg-teachers/resnet20-12fca82f-jpeg.pt").resolve()
@@ -160,6 +161,7 @@ def _pruned_modules(ignore: weakref.WeakSet | None = None) -> list[torch.nn.Modu
     return [m for m in found if ignore is None or m not in ignore]
 
 
+@pytest.mark.slow
 def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, image_root):
     long = {"steps": 2_000}  # the page's most: minutes on a CPU, so Stop ends it first
     before = weakref.WeakSet(_pruned_modules())
@@ -208,6 +210,7 @@ def _error(client: Client, **args: Any) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_every_bad_input_gets_a_plain_message(teacher_checkpoint, image_root, tmp_path, monkeypatch):
     state = torch.load(teacher_checkpoint, weights_only=True)
     broken = tmp_path / "local"
@@ -266,6 +269,7 @@ def _deployment(kind: str, root: Path, image_root: Path) -> tuple[Path, str]:
     return image_root, "tpu"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
@@ -283,6 +287,7 @@ def test_a_bad_deployment_is_explained_on_run(teacher_checkpoint, image_root, tm
         assert expected in _error(client, **run_args(teacher_checkpoint))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_a_gpu_is_explained(teacher_checkpoint, image_root):
     with served(AppOptions(data=str(image_root), teachers=(teacher_checkpoint,), device="cuda")) as client:
@@ -372,6 +377,7 @@ def test_the_stages_a_run_shows_follow_its_recipe():
 # --- start-up, sessions, the stored example ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_page_is_served_at_once_while_the_start_up_downloads(teacher_checkpoint, image_root):
     import httpx
 
@@ -404,6 +410,7 @@ def _run_folders(app: Any) -> list[Path]:
     return [p for p in app.deployment.sessions.root.iterdir() if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_a_closed_session_leaves_no_files(teacher_checkpoint, image_root, monkeypatch):
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # how soon the server notices a client has gone
     with serve_locally(tiny_options((teacher_checkpoint,), image_root)) as app:
@@ -442,6 +449,7 @@ def test_the_stored_example_is_small_current_and_shown_on_load():
     assert shown["accuracy"] is not None and shown["layers"] is not None and shown["losses"] is not None
 
 
+@pytest.mark.slow
 def test_a_recording_replays_as_the_run_showed_it(teacher_checkpoint, image_root, tmp_path):
     from demo.example import example_outputs, record
     from demo.runner import RunPlan
@@ -488,6 +496,7 @@ def test_zero_gpu_requests_fit_a_visitors_quota_and_grow_with_the_work():
     assert seconds("akamaster/resnet20", "default", num_images=8_192) == MAX_GPU_SECONDS
 
 
+@pytest.mark.slow
 def test_a_run_ends_at_the_apps_time_limit_and_keeps_what_it_made(teacher_checkpoint, image_root):
     with served(tiny_options((teacher_checkpoint,), image_root, run_minutes=0.05)) as client:
         job = client.submit(**run_args(teacher_checkpoint, steps=2_000), api_name="/run")
@@ -497,6 +506,7 @@ def test_a_run_ends_at_the_apps_time_limit_and_keeps_what_it_made(teacher_checkp
     assert dreams and dreams[-1], "the dreams made before the limit left the page"
 
 
+@pytest.mark.slow
 def test_a_gpu_schedulers_refusal_reaches_the_visitor_unchanged_with_a_hint(
     teacher_checkpoint, image_root, monkeypatch
 ):
@@ -519,6 +529,7 @@ def test_a_gpu_schedulers_refusal_reaches_the_visitor_unchanged_with_a_hint(
     assert refusal in status and "choose the Quick budget" in status and "duplicate the Space" in status
 
 
+@pytest.mark.slow
 def test_several_clients_at_once_and_a_greedy_one(teacher_checkpoint, image_root):
     """Load: API clients at once, as scripts would come. The one asking for the maximum of everything is
     refused before it queues, with a message naming the limit; a second Run from a busy session is refused;

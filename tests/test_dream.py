@@ -121,6 +121,7 @@ def test_seed_makes_it_deterministic(teacher):
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
+@pytest.mark.slow
 def test_bn_statistics_get_closer_to_the_teachers(teacher):
     def bn_distance(x):
         loss = _BNStatisticsLoss(teacher.model, first_multiplier=1.0)

@@ -230,6 +230,7 @@ def decoded_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook-cache")
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_runs_in_smoke_mode_and_draws(name, decoded_cache, tmp_path, monkeypatch):

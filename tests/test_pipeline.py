@@ -50,6 +50,7 @@ def tiny_config(teacher_checkpoint, data, **kwargs) -> RecoveryConfig:
     )
 
 
+@pytest.mark.slow
 def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     events = list(recover(tiny_config(teacher_checkpoint, image_root)))
     stages = [e.stage for e in events if isinstance(e, StageStarted)]
@@ -100,6 +101,7 @@ def test_event_sequence_of_a_two_step_run(teacher_checkpoint, image_root):
     assert isinstance(events[-1], Finished)
 
 
+@pytest.mark.slow
 def test_showcase_streams_every_step_first_and_leaves_the_recovery_unchanged(teacher_checkpoint, image_root):
     events = list(recover(tiny_config(teacher_checkpoint, image_root, showcase=1, baselines=())))
     stages = [e.stage for e in events if isinstance(e, StageStarted)]
@@ -117,6 +119,7 @@ def test_showcase_streams_every_step_first_and_leaves_the_recovery_unchanged(tea
         tiny_config(teacher_checkpoint, image_root, showcase=-1)
 
 
+@pytest.mark.slow
 def test_result_and_report(teacher_checkpoint, image_root):
     result = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=("noise", "real")))
     report = result.report()
@@ -163,6 +166,7 @@ def test_result_and_report(teacher_checkpoint, image_root):
     assert list(noise_line.get_xdata()) == [0, 1, 2], "the noise baseline is drawn per epoch"
 
 
+@pytest.mark.slow
 def test_real_baseline_without_train_split_is_null(teacher_checkpoint, test_only_root):
     events = list(recover(tiny_config(teacher_checkpoint, test_only_root, baselines=("real",))))
     assert any(isinstance(e, Notice) and "no train/ split" in e.message for e in events)
@@ -216,6 +220,7 @@ GRADUAL = replace(  # pruned from 20% to the target during distillation, without
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe",
     [TINY, EVERY_COMPONENT, FROZEN, GRADUAL],
@@ -230,6 +235,7 @@ def test_recovery_never_reads_training_images(teacher_checkpoint, image_root, mo
     assert result.baselines["noise"] is not None
 
 
+@pytest.mark.slow
 def test_channel_pruning_never_reads_training_images_either(teacher_checkpoint, image_root, monkeypatch):
     """The data-free guarantee on the channel path: a slimmer student, refit and distilled with every component."""
     _forbid_training_reads(monkeypatch, image_root / "train")
@@ -238,6 +244,7 @@ def test_channel_pruning_never_reads_training_images_either(teacher_checkpoint, 
     assert result.baselines["noise"] is not None and result.sizes["recovered"].macs < result.sizes["teacher"].macs
 
 
+@pytest.mark.slow
 def test_a_channel_run_reports_what_a_user_of_structured_pruning_looks_at(teacher_checkpoint, image_root):
     result = run_recovery(tiny_config(teacher_checkpoint, image_root, granularity="channel"))
     report = result.report()
@@ -265,6 +272,7 @@ def test_a_channel_run_reports_what_a_user_of_structured_pruning_looks_at(teache
     assert all(0 <= layer["removed"] < layer["weights"] for layer in report["layers"])
 
 
+@pytest.mark.slow
 def test_the_tripwire_does_fire_for_the_oracle(teacher_checkpoint, image_root, monkeypatch):
     """Proof that the guard above can fail: the real-data oracle reads train/ and is caught."""
     _forbid_training_reads(monkeypatch, image_root / "train")
@@ -321,6 +329,7 @@ def test_bad_device_name():
         resolve_device("tpu")
 
 
+@pytest.mark.slow
 def test_a_recipe_without_refit_skips_the_stage(teacher_checkpoint, image_root):
     config = replace(tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=replace(TINY, refit=None))
     events = list(recover(config))
@@ -330,6 +339,7 @@ def test_a_recipe_without_refit_skips_the_stage(teacher_checkpoint, image_root):
     assert "refit" not in result.timings
 
 
+@pytest.mark.slow
 def test_gradual_pruning_reaches_the_target_during_distillation(teacher_checkpoint, image_root):
     config = replace(tiny_config(teacher_checkpoint, image_root), sparsity=0.8, recipe=GRADUAL)
     events = list(recover(config))
@@ -351,6 +361,7 @@ def test_gradual_pruning_is_refused_with_the_refit(teacher_checkpoint, image_roo
         replace(tiny_config(teacher_checkpoint, image_root), recipe=replace(GRADUAL, refit=RefitConfig()))
 
 
+@pytest.mark.slow
 def test_gradual_channel_pruning_ends_with_the_macs_asked_for(teacher_checkpoint, image_root):
     config = tiny_config(teacher_checkpoint, image_root, granularity="channel", baselines=("noise",))
     events = list(recover(replace(config, recipe=GRADUAL)))
@@ -387,6 +398,7 @@ def test_presets():
         get_preset("default", "filter")
 
 
+@pytest.mark.slow
 def test_dreams_can_be_reused(teacher_checkpoint, image_root):
     first = run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=()))
     events = list(recover(tiny_config(teacher_checkpoint, image_root, baselines=()), first.dreams))
@@ -395,6 +407,7 @@ def test_dreams_can_be_reused(teacher_checkpoint, image_root):
     assert result.dreams is first.dreams and result.timings["dream"] == first.dreams.seconds
 
 
+@pytest.mark.slow
 def test_reused_dreams_report_how_they_were_made(teacher_checkpoint, image_root, tmp_path):
     """report.json of a run on saved dreams names the file, its hash and the dreams' own settings, not
     the recipe's current dream settings."""
@@ -434,6 +447,7 @@ def test_bad_seed_is_refused_up_front(seed):
         RecoveryConfig(teacher="akamaster/resnet20", seed=seed)
 
 
+@pytest.mark.slow
 def test_paths_are_accepted_for_teacher_and_data(teacher_checkpoint, image_root):
     config = replace(
         tiny_config(teacher_checkpoint, image_root, baselines=()), teacher=teacher_checkpoint, data=image_root

@@ -32,6 +32,7 @@ def output_error(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> flo
         return float((student.eval()(x) - teacher.eval()(x)).pow(2).mean())
 
 
+@pytest.mark.slow
 def test_refit_brings_a_pruned_resnet_closer_and_keeps_the_masks(teacher):
     images = torch.rand(64, 3, 32, 32)
     x = teacher.normalization.normalize(images)

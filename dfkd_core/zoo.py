@@ -263,7 +263,18 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
                 parts.append(f"{label}: {', '.join(keys[:4])}{more}")
         raise ValueError(f"checkpoint {source} does not match the architecture: " + "; ".join(parts))
     full = {k: state.get(k, expected[k]) for k in expected}
+    _check_values(full, source)
     model.load_state_dict(full)
+
+
+def _check_values(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights no network can compute with (NaN, infinite, a negative BatchNorm variance) at load, naming
+    the first bad tensor: found later, they would fail in dreaming and be blamed on its settings."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"checkpoint {source} is damaged: {name} holds NaN or infinite values")
+        if name.endswith("running_var") and bool((value < 0).any()):
+            raise ValueError(f"checkpoint {source} is damaged: {name} holds a negative variance")
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -302,7 +313,7 @@ def _torch_load(path: Path) -> Any:
     except Exception as err:  # corrupt zip, truncated pickle, disallowed global, ...
         raise ValueError(
             f"cannot read checkpoint {str(path)!r}: not a valid PyTorch checkpoint or not loadable with "
-            f"weights_only=True ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"weights_only=True ({type(err).__name__}: {(str(err).splitlines() or ['empty file?'])[0][:200]})"
         ) from None
 
 
@@ -340,6 +351,10 @@ def load_checkpoint(
             "pass 'imagenet', 'cifar10' or six numbers 'm1,m2,m3,s1,s2,s3'"
         )
     recorded_classes = raw.get("classes")
+    if isinstance(recorded_classes, (list, tuple)) and not all(isinstance(c, str) for c in recorded_classes):
+        raise ValueError(
+            f"checkpoint {path.name} records classes that are not all names (strings): {recorded_classes!r:.200}"
+        )
     classes = classes or (tuple(recorded_classes) if isinstance(recorded_classes, (list, tuple)) else None)
     named = classes is not None
     num_classes = len(classes) if classes else _num_classes_of(state)

@@ -185,3 +185,27 @@ def test_the_dependency_floor_loads_checkpoints_safely():
     }
     for where, found in floors.items():
         assert found and (int(found[1]), int(found[2])) >= (2, 6), f"{where} admits a torch older than 2.6"
+
+
+def test_damaged_checkpoints_are_refused_at_load_naming_what_is_wrong(teacher, tmp_path):
+    """A zero-byte file, class names that are not names, NaN weights and a negative BatchNorm variance: each is
+    refused with a message at load, not found later in dreaming and blamed on its settings."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(empty)
+    numbers = save_checkpoint(tmp_path / "numbers.pt", teacher.model, teacher)
+    record = torch.load(numbers, weights_only=True)
+    torch.save({**record, "classes": list(range(10))}, numbers)
+    with pytest.raises(ValueError, match="classes that are not all names"):
+        load_checkpoint(numbers)
+    for name, damage, message in (
+        ("conv1.weight", float("nan"), "conv1.weight holds NaN or infinite values"),
+        ("bn1.running_var", -1.0, "bn1.running_var holds a negative variance"),
+    ):
+        state = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+        state[name].view(-1)[0] = damage
+        damaged = tmp_path / f"{name}.pt"
+        torch.save({**record, "state_dict": state}, damaged)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_checkpoint(damaged)

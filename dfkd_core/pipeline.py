@@ -172,6 +172,13 @@ class RecoveryConfig:
         for name in ("teacher", "data"):  # paths are welcome; the run (and its report) keeps them as text
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        for name in ("teacher", "data"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"{name} must be a registry id or a path (text), got {getattr(self, name)!r}")
+        if isinstance(self.baselines, str):
+            raise ValueError(
+                f"baselines must be a tuple of names, got the text {self.baselines!r}; write ({self.baselines!r},)"
+            )
         check_sparsity(self.sparsity)
         check_scope(self.scope)
         check_granularity(self.granularity)
@@ -182,8 +189,11 @@ class RecoveryConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
-        if self.curve_per_class < 0 or self.eval_per_class < 0:
-            raise ValueError("curve_per_class and eval_per_class must be >= 0 (0 = the full split)")
+        counts = (self.curve_per_class, self.eval_per_class)
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+            raise ValueError(
+                f"curve_per_class and eval_per_class must be whole numbers >= 0 (0 = the full split), got {counts}"
+            )
         if isinstance(self.showcase, bool) or not isinstance(self.showcase, int) or self.showcase < 0:
             raise ValueError(f"showcase must be a whole number of dreams per class >= 0, got {self.showcase!r}")
         if self.recipe.distill.lr == LR_AUTO and not self.recipe.dream.holdout:

@@ -317,6 +317,21 @@ def test_bad_baseline_and_scope():
         RecoveryConfig(teacher="x", scope="channels")
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("teacher", None, "teacher must be a registry id or a path"),
+        ("data", "", "data must be a registry id or a path"),
+        ("baselines", "noise", "baselines must be a tuple of names, got the text 'noise'"),
+        ("curve_per_class", 2.5, "whole numbers >= 0"),
+        ("eval_per_class", True, "whole numbers >= 0"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RecoveryConfig(**{"teacher": "x", field: value})
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_request_without_cuda():
     with pytest.raises(ValueError, match="no CUDA device is available"):

@@ -72,16 +72,33 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(_IMAGE_SUFFIXES)
 
 
+def _image_files(root: Path) -> list[str]:
+    """The image files below ``root`` in sorted order, links followed but every real folder visited once (a link
+    loop would never end) and regular files only (a FIFO named ``x.jpg`` would block the read forever)."""
+    seen: set[tuple[int, int]] = set()
+    folders = []
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        where = os.stat(dirpath)
+        if (where.st_dev, where.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((where.st_dev, where.st_ino))
+        folders.append((dirpath, sorted(files)))
+    return [
+        path
+        for dirpath, files in sorted(folders)
+        for path in (os.path.join(dirpath, f) for f in files if _is_image(f))
+        if os.path.isfile(path)
+    ]
+
+
 def _scan_class_folders(folder: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     """Class names (sorted sub-folder names) and (file, label) pairs, like ImageFolder.
 
     Hidden folders (``.ipynb_checkpoints``, ``.git``, ...) are not classes.
     """
     classes = tuple(sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")))
-    samples = []
-    for label, name in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(folder / name, followlinks=True)):
-            samples += [(os.path.join(dirpath, f), label) for f in sorted(files) if _is_image(f)]
+    samples = [(path, label) for label, name in enumerate(classes) for path in _image_files(folder / name)]
     if not classes or not samples:
         raise ValueError(
             f"no images found in {str(folder)!r}: expected class sub-folders (ImageFolder layout, e.g. "

@@ -132,3 +132,20 @@ def test_two_writers_of_the_cache_never_collide(image_root, tmp_path, monkeypatc
     monkeypatch.setattr(os, "replace", replace)
     assert nested and len(first) == len(load_eval_set(str(image_root)))
     assert len(list((tmp_path / "decoded").iterdir())) == 1, "one complete cache file, no temporary left"
+
+
+def test_the_folder_scan_ends_on_link_loops_and_skips_what_is_not_a_file(tmp_path):
+    """Two links back to their own class folder (a loop that branches) and a FIFO named like an image: the scan
+    ends, finds each real image once, and never opens the FIFO (reading one blocks forever)."""
+    import threading
+
+    root = write_image_folder(tmp_path / "data" / "test", 2, classes=("a", "b"))
+    os.symlink(root / "a", root / "a" / "again")
+    os.symlink(root / "a", root / "a" / "and_again")
+    os.mkfifo(root / "b" / "x.jpg")
+    found = {}
+    scan = threading.Thread(target=lambda: found.update(images=load_eval_set(str(tmp_path / "data"))), daemon=True)
+    scan.start()
+    scan.join(timeout=30)
+    assert not scan.is_alive(), "the scan did not end"
+    assert len(found["images"]) == 4, "each real image once, the FIFO left out"

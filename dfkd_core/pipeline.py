@@ -421,6 +421,12 @@ def _load(run: _Run, dreams: DreamSet | None) -> Generator[Event, None, None]:
         raise ValueError(
             f"the given dreams were made for classes {dreams.classes}, not the teacher's {teacher.classes}"
         )
+    made_by = (dreams.settings or {}).get("teacher_sha256") if dreams is not None else None
+    if made_by and teacher.sha256 and made_by != teacher.sha256:
+        raise ValueError(
+            f"the given dreams were made by another teacher (sha256 {made_by[:12]}..., this one "
+            f"{teacher.sha256[:12]}...); dream again (leave out --dreams) or pass the teacher that made them"
+        )
     if "real" in config.baselines and not train_split_available(config.data):
         yield Notice(
             Stage.LOAD, f"{config.data} has no train/ split: the real-data baseline is skipped (reported as null)"

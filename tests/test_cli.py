@@ -13,6 +13,7 @@ from dfkd_core.distill import DistillConfig
 from dfkd_core.dream import DreamConfig, DreamSet
 from dfkd_core.pipeline import Recipe, get_preset
 from dfkd_core.refit import RefitConfig
+from dfkd_core.zoo import CIFAR10_CLASSES
 
 TINY_FLAGS = [
     "--sparsity",
@@ -434,6 +435,10 @@ def test_dreams_of_the_wrong_shape_or_classes_are_refused(teacher_checkpoint, im
         "large.pt": (DreamSet(torch.rand(4, 3, 64, 64), torch.arange(4), classes), "dreams are (N, 3, 32, 32)"),
         "labels.pt": (DreamSet(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 12]), classes), "one label per image"),
         "others.pt": (DreamSet(torch.rand(4, 3, 32, 32), torch.arange(4), classes), "were made for classes"),
+        "stranger.pt": (
+            DreamSet(torch.rand(4, 3, 32, 32), torch.arange(4), CIFAR10_CLASSES, settings={"teacher_sha256": "0" * 64}),
+            "were made by another teacher (sha256 000000000000...",
+        ),
     }
     for name, (dreams, message) in wrong.items():
         dreams.save(tmp_path / name)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["help_of", "knob", "parse_knob", "require_finite", "require_positive_int"]
+__all__ = ["help_of", "knob", "parse_knob", "require_at_most", "require_finite", "require_positive_int"]
 
 
 def knob(default: Any, help: str) -> Any:
@@ -39,6 +39,15 @@ def require_finite(config: Any, section: str, *names: str, positive: bool = Fals
         if not ok or value < 0 or (positive and value == 0):
             bound = "> 0" if positive else ">= 0"
             raise ValueError(f"{section} {name} must be a finite number {bound}, got {value!r}")
+
+
+def require_at_most(config: Any, section: str, limits: dict[str, float]) -> None:
+    """Raise ``ValueError`` naming the first field above its limit in ``limits``: a value that cannot finish
+    within reason on any machine (10^9 steps, a temperature whose square overflows) is refused up front."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise ValueError(f"{section} {name} must be at most {limit:g}, got {value!r}")
 
 
 def parse_knob(text: str, default: Any) -> Any:

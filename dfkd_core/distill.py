@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._knobs import knob, require_finite, require_positive_int
+from ._knobs import knob, require_at_most, require_finite, require_positive_int
 from .augment import augment, cutmix
 from .channels import KEPT
 from .events import Event, Metric, MetricLogged, Network, Notice, Progress, Stage, StageFinished, StageStarted, drain
@@ -55,6 +55,14 @@ LR_AUTO = "auto"  # the learning rate chosen by probe runs scored on the held-ou
 LR_FIRST_PROBE = 0.1  # the first learning rate tried: SGD's usual peak for a network with BatchNorm
 LR_PROBE_FACTOR = 10**0.5  # probes step the learning rate by this factor, two to a decade
 LR_MAX_PROBES = 5  # at most this many probes: from 0.1 they reach 0.001 or 1.0
+DISTILL_LIMITS = {  # the most of each that can finish within reason on any machine; more is refused up front
+    "epochs": 10_000,
+    "batch_size": 65_536,
+    "eval_every": 10_000,
+    "crop_padding": 16,  # half of a 32-pixel image
+    "temperature": 1_000.0,  # T^2 scales the loss: far above this it overflows
+    "weight_decay": 1.0,
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "distill", "epochs", "batch_size", "eval_every")
+        require_at_most(self, "distill", DISTILL_LIMITS)
         if self.lr != LR_AUTO:
             require_finite(self, "distill", "lr")
         require_finite(self, "distill", "momentum", "weight_decay", "feature_weight")

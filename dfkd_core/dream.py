@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._knobs import knob, require_finite, require_positive_int
+from ._knobs import knob, require_at_most, require_finite, require_positive_int
 from .events import (
     Event,
     ImagesReady,
@@ -53,6 +53,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32  # side of the dreams in pixels (CIFAR)
 HOLDOUT_SEED_OFFSET = 1_000_003  # the held-out dreams' seed is the run's plus this: other noise, other labels
+DREAM_LIMITS = {  # the most of each that can finish within reason on any machine; more is refused up front
+    "num_images": 1_000_000,  # 20x CIFAR-10's training set
+    "holdout": 100_000,
+    "batch_size": 65_536,
+    "steps": 100_000,  # 500x the recipe's 200
+    "jitter": IMAGE_SIZE // 2,
+    "adi_temperature": 1_000.0,
+}
 
 __all__ = ["DreamConfig", "DreamSet", "batchnorm_layers", "dream", "iter_dream", "require_batchnorm", "total_variation"]
 
@@ -80,6 +88,7 @@ class DreamConfig:
 
     def __post_init__(self) -> None:
         require_positive_int(self, "dream", "num_images", "batch_size", "steps", "preview_every")
+        require_at_most(self, "dream", DREAM_LIMITS)
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, int) or self.holdout < 0:
             raise ValueError(f"dream holdout must be a whole number of dreams >= 0, got {self.holdout!r}")
         require_finite(self, "dream", "lr", "ce", "r_bn", "first_bn_multiplier", "tv_l1", "tv_l2", "l2", "adi")

@@ -239,6 +239,11 @@ def test_set_switches_the_refit_on_and_off(capsys):
         ("dream.flip=maybe", ["dream.flip: expected on or off"]),
         ("refit=perhaps", ["refit: expected on or off"]),
         ("dream.steps=0", ["dream steps must be a whole number >= 1"]),
+        ("dream.steps=1000000000", ["dream steps must be at most 100000, got 1000000000"]),
+        ("distill.epochs=1000000000", ["distill epochs must be at most 10000"]),
+        ("distill.crop_padding=1000000000", ["distill crop_padding must be at most 16"]),
+        ("distill.temperature=1e200", ["distill temperature must be at most 1000"]),
+        ("distill.weight_decay=1e300", ["distill weight_decay must be at most 1"]),
         ("refit.damping=0.1", ["this recipe does not refit", "--set refit=on"]),
     ],
 )

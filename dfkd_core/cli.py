@@ -295,7 +295,7 @@ def _summary(result: RecoveryResult) -> str:
 def _choices(result: RecoveryResult) -> str:
     """What the run decided on the held-out dreams alone, in words."""
     distilled = result.distilled
-    lr = f"lr {distilled.lr:.3g}" + (f" (best of {len(distilled.lr_probes)} probes)" if distilled.lr_probes else "")
+    lr = f"lr {distilled.lr:.3g}" + (f" (chosen by {len(distilled.lr_probes)} probes)" if distilled.lr_probes else "")
     if distilled.kept_epoch is None:
         return f"{lr}; last epoch returned (no held-out dreams to judge it)"
     if distilled.kept_epoch == 0:
@@ -306,7 +306,7 @@ def _choices(result: RecoveryResult) -> str:
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none")
-    check_output_dir(args.out)
+    check_output_dir(args.out, args.data)
     config = RecoveryConfig(
         teacher=args.teacher,
         data=args.data,

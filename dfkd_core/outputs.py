@@ -28,13 +28,23 @@ OUTPUT_FILES = {
 }
 
 
-def check_output_dir(out: str | os.PathLike[str]) -> Path:
-    """``out`` as a Path, after probing that the files of a run can be written there; ``ValueError`` if not.
+def check_output_dir(out: str | os.PathLike[str], data: str | None = None) -> Path:
+    """``out`` as a Path, after probing that the files of a run can be written there and that they would not land
+    in the evaluation folder ``data`` (they would join what is measured); ``ValueError`` if not.
 
     Nothing is created: the nearest existing folder on the way is probed with a scratch file, so a
     bad ``--out`` is found before a run, not after it.
     """
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"output folder {str(out)!r} is a link to nothing ({os.readlink(out)!r})")
+    if data and Path(data).expanduser().is_dir():
+        root, where = Path(data).expanduser().resolve(), out.resolve()
+        if where == root or root in where.parents:
+            raise ValueError(
+                f"output folder {str(out)!r} lies inside the evaluation data {data!r}: its files would join what "
+                "is measured; choose an --out outside it"
+            )
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} exists and is not a folder")
     existing = next(p for p in (out, *out.parents) if p.exists())

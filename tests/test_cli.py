@@ -373,6 +373,9 @@ def test_a_bad_out_is_refused_before_the_run(teacher_checkpoint, image_root, tmp
     base = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), *TINY_FLAGS]
     _bad([*base, "--out", str(blocker)], capsys, "exists and is not a folder")
     _bad([*base, "--out", str(blocker / "run")], capsys, "cannot be made", "is a file")
+    _bad([*base, "--out", str(image_root / "test" / "runs")], capsys, "lies inside the evaluation data")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    _bad([*base, "--out", str(tmp_path / "gone")], capsys, "is a link to nothing")
 
 
 def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch):

@@ -253,7 +253,7 @@ def _sizes(path: Path) -> tuple[int, int]:
 
 def _outcome(result: RecoveryResult, out_dir: Path) -> Outcome:
     """The numbers and downloads of a finished run; the teacher is saved once only to measure its size."""
-    written = {p.name: p for p in write_outputs(result, out_dir)}
+    written = {p.name: p for p in write_outputs(result, out_dir, public=True)}  # a visitor sees no server path
     teacher_file = save_checkpoint(out_dir / ".teacher-for-size.pt", result.teacher.model, result.teacher)
     try:
         teacher_bytes, teacher_zipped = _sizes(teacher_file)

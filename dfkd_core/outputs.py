@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .plots import dreams_figure, result_figure, sparsity_figure
 from .prune import clone_model, make_permanent
@@ -16,7 +16,7 @@ from .zoo import save_checkpoint
 if TYPE_CHECKING:
     from .pipeline import RecoveryResult
 
-__all__ = ["OUTPUT_FILES", "check_output_dir", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "check_output_dir", "shareable", "write_outputs"]
 
 OUTPUT_FILES = {
     "report.json": "every accuracy, timing, setting and package version of the run",
@@ -58,8 +58,24 @@ def check_output_dir(out: str | os.PathLike[str], data: str | None = None) -> Pa
     return out
 
 
-def write_outputs(result: RecoveryResult, out: str | os.PathLike[str]) -> list[Path]:
-    """Write the files of :data:`OUTPUT_FILES` into ``out``; returns their paths.
+SERVER_DETAILS = ("platform", "git_commit")  # report keys that describe the machine, not the run: a server keeps them
+
+
+def shareable(report: Any) -> Any:
+    """``report`` as a stranger may see it (the app's downloads): every file path reduced to its name, and the
+    machine's platform and checkout left out. What reproduces the run (hashes, settings, versions) stays."""
+    if isinstance(report, dict):
+        return {k: shareable(v) for k, v in report.items() if k not in SERVER_DETAILS}
+    if isinstance(report, list):
+        return [shareable(v) for v in report]
+    if isinstance(report, str) and (os.path.isabs(report) or report.startswith(("./", "../", "~"))):
+        return Path(report).name
+    return report
+
+
+def write_outputs(result: RecoveryResult, out: str | os.PathLike[str], public: bool = False) -> list[Path]:
+    """Write the files of :data:`OUTPUT_FILES` into ``out``; returns their paths. ``public``: files a stranger
+    downloads (the app's), with no path of this machine in them (:func:`shareable`).
 
     Files are written to a scratch folder first and moved into ``out`` only when all succeeded.
     """
@@ -67,7 +83,8 @@ def write_outputs(result: RecoveryResult, out: str | os.PathLike[str]) -> list[P
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (scratch / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
+        report = shareable(result.report()) if public else result.report()
+        (scratch / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         dreams_figure(result.dreams).savefig(scratch / "dreams.png", dpi=150)
         result.dreams.save(scratch / "dreams.pt")
         result_figure(result).savefig(scratch / "curves.png", dpi=120)
@@ -79,7 +96,7 @@ def write_outputs(result: RecoveryResult, out: str | os.PathLike[str]) -> list[P
             result.teacher,
             sparsity=result.sparsity,
             recovered_acc=result.recovered_acc,
-            teacher_source=result.config.teacher,
+            teacher_source=shareable(result.config.teacher) if public else result.config.teacher,
         )
         out.mkdir(exist_ok=True)
         written = []

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 from dataclasses import replace
@@ -26,6 +27,7 @@ from dfkd_core import (
     with_overrides,
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
+from dfkd_core.outputs import shareable
 from dfkd_core.plots import result_figure
 from dfkd_core.zoo import CIFAR10, Teacher, file_sha256
 
@@ -146,6 +148,9 @@ def test_result_and_report(teacher_checkpoint, image_root):
     stages = {"load", "prune", "dream", "refit", "distill", "noise", "real", "evaluate", "total"}
     stages |= {"holdout", "probes", "holdout_agreement"}  # the parts that judge the run, also measured apart
     assert set(report["timings_s"]) == stages
+    public = json.dumps(shareable(report))  # what the app's visitors download
+    assert str(teacher_checkpoint.parent) not in public and str(image_root) not in public, "no path of this machine"
+    assert '"platform"' not in public and '"git_commit"' not in public and '"teacher.pt"' in public
     assert report["settings"]["recipe"]["dream"]["num_images"] == 20
     assert report["curve"]["epochs"] == [0, 1, 2] and report["curve"]["images"] == 20
     assert isinstance(report["refit_acc"], float)
@@ -315,6 +320,14 @@ def test_bad_baseline_and_scope():
         RecoveryConfig(teacher="x", baselines=("gan",))
     with pytest.raises(ValueError, match="scope"):
         RecoveryConfig(teacher="x", scope="channels")
+
+
+def test_a_shareable_report_keeps_names_hashes_and_registry_ids():
+    report = {"teacher": "/srv/app/w/t.pt", "data": "../shared/data/x", "id": "akamaster/resnet20", "n": [1, "~/a/b"]}
+    report["versions"] = {"torch": "2", "platform": "Linux-host-123"}
+    assert shareable(report) == {"teacher": "t.pt", "data": "x", "id": "akamaster/resnet20", "n": [1, "b"]} | {
+        "versions": {"torch": "2"}
+    }
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,9 @@ def chosen_recipe(
 
 
 def binomial_error(accuracy: float, images: int) -> float:
-    """Half-width, in points, of the 95% interval of a top-1 accuracy (%) measured on ``images`` images:
-    the same network on another draw of as many test images would land this far away or closer."""
+    """Half-width, in points, of the 95% interval of a top-1 accuracy (%) measured on ``images`` images: an
+    interval this wide around the measurement holds the network's accuracy on all such images 95% of the time.
+    (Two draws of as many images differ by more: this far or closer only about 83% of the time.)"""
     p = accuracy / 100
     return 100 * 1.96 * (p * (1 - p) / max(1, images)) ** 0.5
 

@@ -142,6 +142,38 @@ def test_no_cell_rebinds_a_function_of_another(name):
     assert not functions & rebound, f"{name}: {sorted(functions & rebound)} defined as a function and assigned"
 
 
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_cell_reads_a_name_that_only_a_later_cell_defines(name):
+    """Run top to bottom, a cell finds every name it reads in itself or in a cell above it: a name first
+    defined further down only exists when the cells ran out of order (a stale kernel, not the notebook)."""
+    import ast
+    import builtins
+
+    cells = [c for c in _read(name)["cells"] if c["cell_type"] == "code"]
+    trees = [ast.parse("\n".join(line for line in _source(c).splitlines() if not line.startswith("%"))) for c in cells]
+
+    def defined(tree: ast.AST) -> set[str]:
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        names |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+        names |= {
+            (alias.asname or alias.name).split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for alias in n.names
+        }
+        return names
+
+    known = set(dir(builtins)) | {"display", "get_ipython"}
+    later_only = []
+    for i, tree in enumerate(trees):
+        known |= defined(tree)
+        read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        later = set().union(*(defined(t) for t in trees[i + 1 :])) if i + 1 < len(trees) else set()
+        later_only += [(i, n) for n in sorted(read - known) if n in later]
+    assert not later_only, f"{name}: (code cell, name) read before any cell above defines it: {later_only}"
+
+
 def _tutorial(monkeypatch, **environment):
     for key, value in environment.items():
         monkeypatch.setenv(key, value)

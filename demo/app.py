@@ -338,6 +338,11 @@ class RunHandler:
                 False, "This tab already has a run waiting or going: press Stop first, or wait for it to end."
             )
             return verdicts
+        if self.deployment.sessions.waiting() >= QUEUE_SIZE:
+            verdicts[0] = gr.validate(
+                False, f"The queue is full ({QUEUE_SIZE} runs waiting): try again in a few minutes."
+            )
+            return verdicts
         try:
             self.settings(values)
         except InputError as err:
@@ -523,7 +528,13 @@ def _wire_events(
     stop_run, end_session = _session_events(run.deployment.sessions)
     # Stop sets this session's flag; the run notices it at its next event and ends as a finished event (a
     # cancelled one would show "Error" on the page).
-    stop.click(stop_run, None, [outputs["status"], outputs["run"]], api_name="stop", concurrency_limit=None)
+    stop.click(
+        stop_run,
+        None,
+        [outputs["status"], outputs["run"]],
+        api_name="stop",
+        queue=False,  # never waits behind runs: Stop works while the queue is full
+    )
     controls["budget"].change(
         recipe_values,
         controls["budget"],
@@ -557,7 +568,8 @@ def build_app(options: AppOptions, preparation: Preparation | None = None) -> gr
 
 def create_app(options: AppOptions, preparation: Preparation | None = None) -> gr.Blocks:
     """The app with its queue: ``options.concurrency`` runs at a time, the rest wait their turn."""
-    return build_app(options, preparation).queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
+    # The runs waiting are capped at admission (RunHandler.admit), not by Gradio's queue, which would also refuse Stop
+    return build_app(options, preparation).queue(max_size=None, default_concurrency_limit=options.concurrency)
 
 
 QUEUE_SIZE = 8  # runs waiting at most: one per session, so a handful of scripted clients cannot fill a day

@@ -71,6 +71,11 @@ class Sessions:
             control.last_used = time.monotonic()
             return control
 
+    def waiting(self) -> int:
+        """How many sessions have a run admitted to the queue and not yet started."""
+        with self._lock:
+            return sum(control.queued for control in self._controls.values())
+
     def close(self, session: str) -> None:
         """End a session (its tab closed): stop its run and delete its files."""
         with self._lock:

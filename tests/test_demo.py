@@ -193,6 +193,30 @@ def test_stop_ends_the_run_frees_it_and_a_new_run_works(teacher_checkpoint, imag
         assert len(new_values(again, "summary")[-1]["data"]) == 5  # teacher, pruned, refit, recovered, noise
 
 
+@pytest.mark.slow
+def test_stop_works_while_the_queue_is_full(teacher_checkpoint, image_root, monkeypatch):
+    """Stop does not wait in the run queue: with one run going on and the queue full behind it, a tab can still
+    stop its run (and another tab is told that nothing of its own is running)."""
+    import demo.app as app_module
+
+    monkeypatch.setattr(app_module, "QUEUE_SIZE", 1)
+    long = {"steps": 2_000}
+    with served(tiny_options((teacher_checkpoint,), image_root)) as server:
+        running, waiting, late = (client_of(server.src) for _ in range(3))
+        first = running.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
+        wait_for(lambda: len(new_values(first, "dreams")) >= 1, 60, "the first run to start")
+        second = waiting.submit(**run_args(teacher_checkpoint, **long), api_name="/run")
+        wait_for(lambda: second.status().code.name in ("IN_QUEUE", "QUEUE_FULL"), 30, "the second run to queue")
+        with pytest.raises(ValidationError, match=r"The queue is full \(1 runs waiting\)"):
+            late.predict(**run_args(teacher_checkpoint), api_name="/run")
+        assert "Nothing is running" in late.predict(api_name="/stop")
+        assert "Stopped" in running.predict(api_name="/stop")
+        first.result(timeout=60)
+        assert "Stopped" in waiting.predict(api_name="/stop")
+        second.result(timeout=60)
+        assert "Stopped" in new_values(second, "status")[-1], "stopped while it waited, or as soon as it started"
+
+
 def _error(client: Client, **args: Any) -> str:
     """The message a run with these inputs is refused with (before it queues) or ends with; it must be plain
     words, never a traceback."""

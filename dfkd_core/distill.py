@@ -409,6 +409,14 @@ def _choose_lr(
     return list(tried.items())
 
 
+def _chosen_words(result: DistillResult, margin: float) -> str:
+    tried = ", ".join(f"{lr:.3g}: {agreement:.1f}%" for lr, agreement in result.lr_probes)
+    return (
+        f"learning rate {result.lr:.3g}: the smallest within {margin:.1f} points (one standard error) of the best "
+        f"held-out agreement after one probe epoch ({tried})"
+    )
+
+
 def pick_lr(probes: list[tuple[float, float]], views: int) -> tuple[float, float]:
     """The smallest probed rate whose held-out agreement is within one standard error of the best probe's (the
     one-standard-error rule of model selection): a lead that the noise of ``views`` scored images could make is
@@ -498,12 +506,7 @@ def iter_distill(
         )
         result.lr, margin = pick_lr(result.lr_probes, len(score))
         result.probe_seconds = time.perf_counter() - probes_started
-        tried = ", ".join(f"{lr:.3g}: {agreement:.1f}%" for lr, agreement in result.lr_probes)
-        yield Notice(
-            stage,
-            f"learning rate {result.lr:.3g}: the smallest within {margin:.1f} points (one standard error) of the "
-            f"best held-out agreement after one probe epoch ({tried})",
-        )
+        yield Notice(stage, _chosen_words(result, margin))
     session = _session(student, teacher, images, normalization, config, result.lr, seed, device, stage, gradual)
     probed = len(result.lr_probes) * _steps_per_epoch(images, config)  # at most probe_steps: the stage's length now
     session.first_step, session.stage_steps = probed, probed + steps

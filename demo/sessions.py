@@ -8,15 +8,43 @@ that have been idle longer than :data:`SESSION_LIFETIME_S` (clients that never s
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["SESSION_LIFETIME_S", "RunControl", "Sessions"]
+__all__ = ["SESSION_LIFETIME_S", "RunControl", "Sessions", "remove_abandoned_roots"]
 
 SESSION_LIFETIME_S = 3600.0  # a session without a run for this long is over: its files are deleted
+ROOT_PREFIX = "dfkd-demo-"  # every app's root folder in the system's temporary folder starts so
+OWNER_FILE = "owner.pid"  # in each root: the process id of the app that made it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete the root folders of apps that ended without cleaning up (killed, SIGTERM): those whose owner
+    process is gone, or that name none. Returns what was removed."""
+    removed = []
+    for root in Path(parent or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            owner = None
+        if root.is_dir() and (owner is None or not _alive(owner)):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
 
 
 class RunControl:
@@ -62,7 +90,9 @@ class Sessions:
     def root(self) -> Path:
         """The folder holding every run folder of this app (made at the first run)."""
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="dfkd-demo-"))
+            remove_abandoned_roots()
+            self._root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            (self._root / OWNER_FILE).write_text(str(os.getpid()))
         return self._root
 
     def __getitem__(self, session: str) -> RunControl:

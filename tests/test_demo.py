@@ -586,3 +586,21 @@ def test_several_clients_at_once_and_a_greedy_one(teacher_checkpoint, image_root
             assert "Done" in new_values(job, "status")[-1]
             files = {Path(f["path"]).name: Path(f["path"]) for f in new_values(job, "files")[-1]}
             assert json.loads(files["report.json"].read_text())["settings"]["seed"] == seed
+
+
+def test_the_folders_of_an_app_that_was_killed_are_removed_at_the_next_start(tmp_path):
+    """A SIGTERM leaves the app's root folder behind; the next app removes every root whose owner process is
+    gone (or that names none), and never the root of an app still running."""
+    import subprocess
+
+    from demo.sessions import OWNER_FILE, ROOT_PREFIX, remove_abandoned_roots
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    roots = {name: tmp_path / f"{ROOT_PREFIX}{name}" for name in ("killed", "nameless", "running")}
+    for root in roots.values():
+        (root / "run-x").mkdir(parents=True)
+    (roots["killed"] / OWNER_FILE).write_text(str(gone.pid))
+    (roots["running"] / OWNER_FILE).write_text(str(os.getpid()))
+    assert sorted(remove_abandoned_roots(tmp_path)) == sorted([roots["killed"], roots["nameless"]])
+    assert roots["running"].is_dir() and not roots["killed"].exists()

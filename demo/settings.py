@@ -274,6 +274,8 @@ def _number(value: Any, label: str) -> float:
     """``value`` as a finite float, or :class:`InputError` naming the control by ``label``."""
     if value is None or value == "":
         raise InputError(f"{label} is empty: enter a number.")
+    if isinstance(value, bool):  # True is an int to Python, not a number to a visitor
+        raise InputError(f"{label} must be a number, got {value!r}.")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -379,6 +379,7 @@ def test_settings_round_trip_through_the_table_and_run_the_preset():
         ("sparsity", 1.0, "[0, 1)"),  # the library's rule, not the slider's 0.95
         ("sparsity", "many", "must be a number"),
         ("num_images", 2.5, "must be a whole number"),
+        ("num_images", True, "must be a number, got True"),
         ("lr", "nan", "must be a finite number"),
         ("teacher", "elsewhere.pt", "is not one of the choices"),
         ("budget", "", "pick one from the list first"),

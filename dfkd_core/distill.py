@@ -363,6 +363,24 @@ def _probe(session: _Session) -> Generator[Event, None, None]:
         _close(session)
 
 
+def next_probe(probes: list[tuple[float, float]]) -> float | None:
+    """The next learning rate to probe after ``probes`` (``(lr, held-out agreement)`` in the order tried), or
+    None when the walk is over.
+
+    The walk starts at :data:`LR_FIRST_PROBE`, tries a factor of :data:`LR_PROBE_FACTOR` lower, and then keeps
+    stepping in the direction that scored higher (down on a tie: the safer side) while each step raises the best
+    agreement, at most :data:`LR_MAX_PROBES` probes. It stops at the first fall: walking on past it was measured
+    not to pay (``benchmarks/README.md``, MobileNetV2 at 50%: the two gentler rates scored lower still).
+    """
+    if len(probes) < 2:
+        return LR_FIRST_PROBE / LR_PROBE_FACTOR ** len(probes)
+    values = [agreement for _, agreement in probes]
+    if len(probes) >= LR_MAX_PROBES or (len(probes) > 2 and values[-1] <= max(values[:-1])):
+        return None
+    rates = [lr for lr, _ in probes]
+    return min(rates) / LR_PROBE_FACTOR if values[1] >= values[0] else max(rates) * LR_PROBE_FACTOR
+
+
 def _choose_lr(
     student: nn.Module,
     teacher: nn.Module,
@@ -375,8 +393,7 @@ def _choose_lr(
     stage: Stage,
     stage_steps: int,
 ) -> Generator[Event, None, list[tuple[float, float]]]:
-    """Probe learning rates from :data:`LR_FIRST_PROBE`, a factor of :data:`LR_PROBE_FACTOR` apart, in the
-    direction that raises the held-out agreement, until it falls again (at most :data:`LR_MAX_PROBES`).
+    """Probe the learning rates :func:`next_probe` walks to.
 
     Each probe distills a copy of ``student`` for one epoch, its cosine schedule squeezed into that epoch, so it
     ends annealed like a real run does: what is compared is how far each rate gets, not how noisy it is on the way.
@@ -384,29 +401,14 @@ def _choose_lr(
     """
     probe_config = replace(config, epochs=1, gradual_epochs=0)
     steps = _steps_per_epoch(images, config)
-    tried: dict[float, float] = {}
-
-    def run(lr: float) -> Generator[Event, None, float]:
+    tried: list[tuple[float, float]] = []
+    while (lr := next_probe(tried)) is not None:
         copy = clone_model(student)
         session = _session(copy, teacher, images, normalization, probe_config, lr, seed, device, stage)
         session.first_step, session.stage_steps, session.probe = len(tried) * steps, stage_steps, True
         yield from _probe(session)
-        tried[lr] = score(copy) if _finite(copy) else 0.0
-        return tried[lr]
-
-    lr = LR_FIRST_PROBE
-    here = yield from run(lr)
-    lower = yield from run(lr / LR_PROBE_FACTOR)
-    down = lower >= here  # ties (two diverging probes among them) go down: the safer side
-    factor = 1 / LR_PROBE_FACTOR if down else LR_PROBE_FACTOR
-    lr, best = (lr / LR_PROBE_FACTOR, lower) if down else (lr, here)
-    while len(tried) < LR_MAX_PROBES:
-        nxt = lr * factor
-        value = yield from run(nxt)
-        if not value > best:
-            break
-        lr, best = nxt, value
-    return list(tried.items())
+        tried.append((lr, score(copy) if _finite(copy) else 0.0))
+    return tried
 
 
 def _chosen_words(result: DistillResult, margin: float) -> str:

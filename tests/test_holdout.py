@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dfkd_core import DistillConfig, DreamConfig, DreamSet, Notice, distill, dream, prune_model
-from dfkd_core.distill import LR_FIRST_PROBE, pick_lr
+from dfkd_core.distill import LR_FIRST_PROBE, LR_MAX_PROBES, next_probe, pick_lr
 from dfkd_core.holdout import VIEWS_PER_DREAM, HoldoutAgreement
 from dfkd_core.zoo import CIFAR10, CIFAR10_CLASSES, Teacher
 
@@ -165,6 +165,23 @@ def test_the_rate_is_the_smallest_within_one_standard_error_of_the_best():
     assert pick_lr(probes, 1_000_000)[0] == 0.316, "with many views the lead is real"
     assert pick_lr([(0.1, 55.5), (0.0316, 43.0), (0.316, 47.3)], 256)[0] == 0.1
     assert pick_lr([(0.1, 100.0), (0.0316, 100.0)], 10)[0] == 0.0316, "a tie at the top goes to the smaller rate"
+
+
+def _walk(agreement_at: dict[float, float]) -> list[float]:
+    """The rates :func:`next_probe` tries when each rate scores ``agreement_at`` (rounded to 4 digits)."""
+    tried: list[tuple[float, float]] = []
+    while (lr := next_probe(tried)) is not None:
+        tried.append((lr, agreement_at[round(lr, 4)]))
+    return [round(lr, 4) for lr, _ in tried]
+
+
+def test_the_probes_walk_towards_the_higher_agreement_and_stop_at_the_first_fall():
+    assert _walk({0.1: 55.0, 0.0316: 43.0, 0.3162: 47.0}) == [0.1, 0.0316, 0.3162], "up from 0.1, one past the best"
+    assert _walk({0.1: 63.0, 0.0316: 81.0, 0.01: 80.0}) == [0.1, 0.0316, 0.01], "down, one step past the best"
+    assert _walk({0.1: 50.0, 0.0316: 50.0, 0.01: 49.0}) == [0.1, 0.0316, 0.01], "a tie goes down: the safer side"
+    rising = {0.1: 10.0, 0.0316: 5.0, 0.3162: 20.0, 1.0: 30.0, 3.1623: 40.0}
+    assert _walk(rising) == [0.1, 0.0316, 0.3162, 1.0, 3.1623], "at most LR_MAX_PROBES"
+    assert len(_walk(rising)) == LR_MAX_PROBES
 
 
 def test_auto_lr_needs_held_out_dreams(teacher):

@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--curve-per-class", type=int, default=200, help="test images per class, per-epoch curve (0: all)")
     rec.add_argument("--eval-per-class", type=int, default=0, help="test images per class, final accuracies (0: all)")
     rec.add_argument("--dreams", type=Path, help="reuse dreams.pt of an earlier run of this teacher (no dreaming)")
+    rec.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="dream afresh, neither reusing nor storing dreams in the dream cache ($DFKD_DATA_DIR/dreams, "
+        "else ~/.cache/dfkd/dreams; dreams of the same teacher, dream recipe and seed are otherwise reused)",
+    )
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
 
     recipe = commands.add_parser(
@@ -321,6 +327,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         seed=args.seed,
         arch=args.arch,
         normalization=args.normalization,
+        cache=not args.no_cache,
     )
     dreams = DreamSet.load(args.dreams) if args.dreams else None
     bars = ProgressBars(args.quiet, file=sys.stderr)

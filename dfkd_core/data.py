@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ._files import save_atomically
 
 __all__ = ["ImageSet", "load_eval_set", "load_train_subset", "default_data_dir", "train_split_available"]
 
@@ -153,17 +154,8 @@ def _load_folder(folder: Path, image_size: int, cache: bool) -> ImageSet:
             return result
     images, labels = _decode(samples, image_size)
     result = ImageSet(images, labels, classes, str(folder))
-    if cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary file of its own, so that two threads (or processes) decoding the same folder never
-        # write into, or move away, each other's half-written file; the last complete one wins.
-        handle, partial = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{key}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save({"images": images, "labels": labels, "classes": list(classes)}, partial)
-            os.replace(partial, cache_file)
-        finally:
-            Path(partial).unlink(missing_ok=True)
+    if cache:  # two threads (or processes) decoding the same folder at once: the last complete file wins
+        save_atomically({"images": images, "labels": labels, "classes": list(classes)}, cache_file)
     return result
 
 

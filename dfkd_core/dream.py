@@ -14,7 +14,9 @@ A few more dreams are made apart, from another seed, and never trained on (``hol
 user has no labelled images, so these are what a run checks its student on (:mod:`dfkd_core.holdout`).
 
 Each step sees a randomly rolled and flipped view (jitter), the step size follows a cosine,
-pixels are clipped to the valid range, and the lowest-loss iterate of each batch is kept.
+pixels are clipped to the valid range, and the lowest-loss iterate of each batch is kept. Finished dreams
+are images with 8 bits per channel, like any saved image: a run trains on exactly the pixels a saved or
+cached dream set gives back.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._files import save_atomically
 from ._knobs import knob, require_at_most, require_finite, require_positive_int
 from .events import (
     Event,
@@ -52,6 +55,7 @@ from .zoo import Teacher, file_sha256
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32  # side of the dreams in pixels (CIFAR)
+LEVELS = 255  # finished dreams have 8 bits per channel: saved, cached and fresh dreams are the same pixels
 HOLDOUT_SEED_OFFSET = 1_000_003  # the held-out dreams' seed is the run's plus this: other noise, other labels
 DREAM_LIMITS = {  # the most of each that can finish within reason on any machine; more is refused up front
     "num_images": 1_000_000,  # 20x CIFAR-10's training set
@@ -117,10 +121,9 @@ class DreamSet:
         return len(self.labels)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the set to ``path`` (pixels as 8-bit integers), whole or not at all."""
         record = {
-            "images": (self.images * 255).round().to(torch.uint8),
+            "images": (self.images * LEVELS).round().to(torch.uint8),
             "labels": self.labels,
             "classes": list(self.classes),
             "teacher_top1": self.teacher_top1,
@@ -129,12 +132,9 @@ class DreamSet:
             "settings": self.settings or {},
         }
         if self.holdout is not None:
-            record["holdout"] = (self.holdout * 255).round().to(torch.uint8)
+            record["holdout"] = (self.holdout * LEVELS).round().to(torch.uint8)
             record["holdout_seconds"] = self.holdout_seconds
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(record, partial)
-        os.replace(partial, path)
-        return path
+        return save_atomically(record, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DreamSet:
@@ -143,7 +143,7 @@ class DreamSet:
         try:
             record = torch.load(path, map_location="cpu", weights_only=True)
             dreams = cls(
-                record["images"].float() / 255,
+                record["images"].float() / LEVELS,
                 record["labels"].long(),
                 tuple(record["classes"]),
                 float(record["teacher_top1"]),
@@ -151,7 +151,7 @@ class DreamSet:
                 float(record.get("seconds", float("nan"))),
                 dict(record.get("settings") or {}) or None,
                 {"file": os.fspath(path), "sha256": file_sha256(path)},
-                record["holdout"].float() / 255 if "holdout" in record else None,
+                record["holdout"].float() / LEVELS if "holdout" in record else None,
                 float(record.get("holdout_seconds", 0.0)),
             )
         except Exception as err:
@@ -647,6 +647,11 @@ def iter_dream(
     return dreams
 
 
+def _eight_bit(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` in [0, 1] rounded to the nearest of :data:`LEVELS` + 1 levels, as a saved image keeps them."""
+    return (pixels * LEVELS).round() / LEVELS
+
+
 def _batch_sizes(count: int, batch_size: int) -> list[int]:
     """``count`` images in batches of at most ``batch_size``."""
     return [min(batch_size, count - start) for start in range(0, count, batch_size)]
@@ -671,7 +676,7 @@ def _dream_batches(
         with torch.no_grad():
             correct += int((model(best).argmax(1) == targets).sum())
             canvas.prior.pop()
-        images.append(norm.denormalize(best).clamp(0, 1).float().cpu().contiguous())
+        images.append(_eight_bit(norm.denormalize(best).clamp(0, 1).float().cpu().contiguous()))
         labels.append(targets.cpu())
         shown.append(images[-1])
         shown_labels.append(labels[-1])

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
+from .cache import DreamCache, age_in_words
 from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
 from .device import resolve_device
 from .distill import LR_AUTO, DistillConfig, DistillResult, iter_distill
@@ -167,6 +169,7 @@ class RecoveryConfig:
     showcase: int = 0  # dreams per class formed first, step by step, to watch (not part of the transfer set)
     arch: str | None = None  # architecture, for checkpoints that do not record it
     normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
+    cache: bool = True  # reuse the dreams of an earlier run with the same teacher, dream recipe and seed (DreamCache)
 
     def __post_init__(self) -> None:
         for name in ("teacher", "data"):  # paths are welcome; the run (and its report) keeps them as text
@@ -194,6 +197,8 @@ class RecoveryConfig:
             raise ValueError(
                 f"curve_per_class and eval_per_class must be whole numbers >= 0 (0 = the full split), got {counts}"
             )
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"cache must be True or False, got {self.cache!r}")
         if isinstance(self.showcase, bool) or not isinstance(self.showcase, int) or self.showcase < 0:
             raise ValueError(f"showcase must be a whole number of dreams per class >= 0, got {self.showcase!r}")
         if self.recipe.distill.lr == LR_AUTO and not self.recipe.dream.holdout:
@@ -532,13 +537,21 @@ def _showcase(run: _Run) -> Generator[Event, None, DreamSet | None]:
 
 
 def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[Event, None, DreamSet]:
-    """The transfer set: dreamed now, or the given dreams of an earlier run (their wall time is reported).
-    Given dreams without held-out ones get them dreamed now, as the recipe's own run would have made them."""
+    """The transfer set: the given dreams of an earlier run, else the dream cache's, else dreamed now (and cached).
+    Reused dreams report their original wall time. Given dreams without held-out ones get them dreamed now, as the
+    recipe's own run would have made them."""
     assert run.teacher is not None
     recipe, seed = run.config.recipe.dream, run.config.seed
+    cache = DreamCache() if run.config.cache and DreamCache.holds(run.teacher, recipe) else None
+    if dreams is None and cache is not None:
+        dreams, note = cache.get(run.teacher, recipe, seed)
+        if note:
+            yield Notice(Stage.DREAM, note)
     if dreams is None:
         dreams = yield from iter_dream(run.teacher, recipe, student=student, device=run.device, seed=seed)
         run.timings[Stage.DREAM], run.timings["holdout"] = dreams.seconds, dreams.holdout_seconds
+        if cache is not None:
+            cache.put(run.teacher, recipe, seed, dreams)
         return dreams
     if dreams.holdout is None and recipe.holdout:
         only = replace(recipe, num_images=recipe.holdout, holdout=0)
@@ -550,11 +563,18 @@ def _dream(run: _Run, student: nn.Module, dreams: DreamSet | None) -> Generator[
         )
         run.timings["holdout"] = held.seconds
     else:
-        yield StageStarted(Stage.DREAM, 0, f"reusing {len(dreams)} dreams made earlier")
+        yield StageStarted(Stage.DREAM, 0, _reused_words(run.teacher, dreams, cache))
         yield StageFinished(Stage.DREAM, 0.0, {"teacher_top1": dreams.teacher_top1, "reused": True})
     yield MetricLogged(Stage.DREAM, Metric.DREAM_TOP1, Network.TEACHER, dreams.teacher_top1)
     run.timings[Stage.DREAM] = dreams.seconds
     return dreams
+
+
+def _reused_words(teacher: Teacher, dreams: DreamSet, cache: DreamCache | None) -> str:
+    origin = Path((dreams.origin or {}).get("file", ""))
+    if cache is not None and origin.parent == cache.root and origin.is_file():
+        return f"{len(dreams)} dreams of {teacher.arch}, made {age_in_words(origin)} ago, reused (dream cache)"
+    return f"reusing {len(dreams)} dreams made earlier"
 
 
 def _refit(run: _Run, student: nn.Module, dreams: DreamSet) -> Generator[Event, None, nn.Module | None]:

@@ -8,9 +8,10 @@ Rows (``--rows`` picks some by name, e.g. ``resnet20-w75-global-s1``):
 
 for the teachers resnet20, resnet56, mobilenetv2 and vgg11 of ``shared/weights/cifar10-jpeg-teachers``
 (channels: resnet20 and mobilenetv2 at 50%, resnet56 at 50% and 75%). Every row is one run of the library's
-pipeline, unchanged, scored on the full JPEG test split; the seed varies pruning ties, the learning-rate probes
-and distillation, while the dreams (and the held-out dreams) are made once per teacher, by its first row, and
-reused by the others: dreams depend on the teacher and the dream recipe only.
+pipeline, unchanged, scored on the full JPEG test split. The seed varies everything a run draws: pruning ties, the
+dreams, the learning-rate probes and distillation. Dreams depend on the teacher, the dream recipe and the seed only,
+so a teacher's first row of a seed makes them and its other rows of that seed reuse them from the library's dream
+cache.
 
 Every run judges itself on its held-out dreams alone (the learning rate it chose, the epoch it kept); the curve
 of test accuracy per epoch is measured beside it, never used. From the two the script computes, per run, the
@@ -75,7 +76,6 @@ ROWS = {
         Row("mobilenetv2", 0.5, "channel"),
     ]
 }
-DEFAULT_CACHE = Path.home() / ".cache" / "dfkd" / "benchmark-dreams"  # each teacher's dreams, across calls
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -115,8 +115,8 @@ def tracking(report: dict) -> float:
     return spearman([a for a, _ in pairs], [v for _, v in pairs])
 
 
-def run_row(row: Row, args: argparse.Namespace, cache: Path) -> dict:
-    """One run of the pipeline for ``row``, with the teacher's cached dreams when there are some; its report."""
+def run_row(row: Row, args: argparse.Namespace) -> dict:
+    """One run of the pipeline for ``row`` (the teacher's dreams come from the dream cache after its first row)."""
     data = args.shared / "data" / "cifar10-jpeg"
     checkpoint = args.shared / "weights" / "cifar10-jpeg-teachers" / TEACHERS[row.teacher]
     config = dfkd.RecoveryConfig(
@@ -129,32 +129,17 @@ def run_row(row: Row, args: argparse.Namespace, cache: Path) -> dict:
         device=args.device,
         seed=row.seed,
     )
-    dream_file = cache / f"{row.teacher}.pt"
-    dreams = dfkd.DreamSet.load(dream_file) if dream_file.is_file() else None
-    if dreams is not None and dreams.settings != {**_dream_settings(config), **_made_by(dreams)}:
-        raise SystemExit(f"{dream_file} holds dreams made with other settings; delete it to dream again")
     bars = dfkd.ProgressBars(file=sys.stderr)
     try:
-        result = dfkd.run_recovery(config, callback=bars, dreams=dreams)
+        result = dfkd.run_recovery(config, callback=bars)
     finally:
         bars.close()
-    if dreams is None:
-        result.dreams.save(dream_file)
     report = result.report()
     report["name"], report["row"] = row.name, {**row.__dict__}
-    report["dreams"]["made_by_this_row"] = dreams is None
+    report["dreams"]["made_by_this_row"] = result.dreams.origin is None
     report["dreams"]["holdout_seconds"] = result.dreams.holdout_seconds  # of the dreams' own making time
     report["unguarded_curve_acc"] = result.curve[-1][1]  # the last epoch's, which a run without the guard returns
     return report
-
-
-def _dream_settings(config: dfkd.RecoveryConfig) -> dict:
-    assert config.recipe is not None
-    return json.loads(json.dumps(config.recipe.dream.__dict__))
-
-
-def _made_by(dreams: dfkd.DreamSet) -> dict:
-    return {key: (dreams.settings or {}).get(key) for key in ("seed", "teacher_sha256")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DFKD_SHARED", "../shared")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline"))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW", help="only these rows (default: all)")
-    parser.add_argument("--dream-cache", type=Path, default=DEFAULT_CACHE, help="each teacher's dreams, kept here")
     parser.add_argument("--baselines", nargs="*", default=[], choices=["noise", "real"], help="(default: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--render", type=Path, help="only rewrite the tables and the figure from this JSON")
@@ -177,12 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     results = args.out / "headline.json"
     record = json.loads(results.read_text()) if results.is_file() else {"meta": {}, "rows": []}
     done = {report["name"] for report in record["rows"]}
-    args.dream_cache.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/headline.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.rows or list(ROWS):
         if name in done:
             continue
-        report = run_row(ROWS[name], args, args.dream_cache)
+        report = run_row(ROWS[name], args)
         record["rows"].append(report)
         record["meta"] = {
             "commands": sorted({*record["meta"].get("commands", []), command}),

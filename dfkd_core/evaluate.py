@@ -22,12 +22,26 @@ LATENCY_MIN_SECONDS = 0.2  # a timed round repeats the forward pass until it las
 
 
 def align_classes(data: ImageSet, teacher: Teacher, source: str) -> tuple[ImageSet, str | None]:
-    """``data`` labelled in the teacher's output order, and a note when its labels had to be remapped.
+    """``data`` labelled in the teacher's output order, and a note when its labels had to be remapped or a class
+    has no image.
 
     Folder labels follow sorted folder names, while a teacher may name its classes in training order:
     the same names in another order are remapped by name; other names are a ``ValueError`` that lists
     both. A teacher whose checkpoint records no names takes the folders in sorted order (with a note).
     """
+    aligned, note = _aligned(data, teacher, source)
+    counts = torch.bincount(aligned.labels, minlength=len(aligned.classes))
+    empty = [name for name, count in zip(aligned.classes, counts.tolist()) if count == 0]
+    if empty:
+        missing = (
+            f"the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} of {source!r} hold{'' if len(empty) > 1 else 's'} "
+            f"no images: accuracy is measured on the other classes only"
+        )
+        note = f"{note}; {missing}" if note else missing
+    return aligned, note
+
+
+def _aligned(data: ImageSet, teacher: Teacher, source: str) -> tuple[ImageSet, str | None]:
     if len(data.classes) != teacher.num_classes:
         raise ValueError(
             f"evaluation data {source!r} has {len(data.classes)} classes but the teacher predicts "

@@ -149,3 +149,15 @@ def test_the_folder_scan_ends_on_link_loops_and_skips_what_is_not_a_file(tmp_pat
     scan.join(timeout=30)
     assert not scan.is_alive(), "the scan did not end"
     assert len(found["images"]) == 4, "each real image once, the FIFO left out"
+
+
+def test_an_empty_class_folder_is_named_in_a_note(image_root, teacher):
+    from dfkd_core.evaluate import align_classes
+
+    for file in (image_root / "test" / "cat").iterdir():
+        file.unlink()
+    data, note = align_classes(load_eval_set(str(image_root)), teacher, "mine")
+    assert len(data) == 36
+    assert note == "the class folder cat of 'mine' holds no images: accuracy is measured on the other classes only"
+    _, clean = align_classes(load_eval_set(str(image_root / "train")), teacher, "mine")
+    assert clean is None

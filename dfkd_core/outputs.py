@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .plots import dreams_figure, result_figure, sparsity_figure
 from .prune import clone_model, make_permanent
-from .zoo import save_checkpoint
+from .zoo import file_sha256, save_checkpoint
 
 if TYPE_CHECKING:
     from .pipeline import RecoveryResult
@@ -83,10 +83,11 @@ def write_outputs(result: RecoveryResult, out: str | os.PathLike[str], public: b
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        result.dreams.save(scratch / "dreams.pt")
         report = shareable(result.report()) if public else result.report()
+        report["dreams"]["saved_sha256"] = file_sha256(scratch / "dreams.pt")  # dreams.pt beside it, resumed or not
         (scratch / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         dreams_figure(result.dreams).savefig(scratch / "dreams.png", dpi=150)
-        result.dreams.save(scratch / "dreams.pt")
         result_figure(result).savefig(scratch / "curves.png", dpi=120)
         sparsity_figure(result.layers).savefig(scratch / "sparsity.png", dpi=120)
         student = make_permanent(clone_model(result.student).cpu())

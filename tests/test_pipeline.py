@@ -25,6 +25,7 @@ from dfkd_core import (
     resolve_device,
     run_recovery,
     with_overrides,
+    write_outputs,
 )
 from dfkd_core.events import Finished, ImagesReady, MetricLogged, Notice, Progress, StageFinished, StageStarted
 from dfkd_core.outputs import shareable
@@ -443,11 +444,15 @@ def test_reused_dreams_report_how_they_were_made(teacher_checkpoint, image_root,
     saved = first.dreams.save(tmp_path / "dreams.pt")
     other = replace(TINY, dream=replace(TINY.dream, steps=7, num_images=40))
     config = replace(tiny_config(teacher_checkpoint, image_root, baselines=()), recipe=other)
-    report = run_recovery(config, dreams=DreamSet.load(saved)).report()
+    result = run_recovery(config, dreams=DreamSet.load(saved))
+    report = result.report()
     assert report["dreams"]["made"] == "loaded"
     assert report["dreams"]["file"] == str(saved) and report["dreams"]["sha256"] == file_sha256(saved)
     assert report["dreams"]["settings"]["steps"] == 2 and report["dreams"]["settings"]["num_images"] == 20
     assert report["settings"]["recipe"]["dream"]["steps"] == 7, "the current flags stay under settings"
+    write_outputs(result, tmp_path)  # resumed into the folder the dreams came from: dreams.pt is written again
+    written = json.loads((tmp_path / "report.json").read_text())["dreams"]
+    assert written["saved_sha256"] == file_sha256(tmp_path / "dreams.pt"), "the report names the file beside it"
 
 
 def test_with_overrides_switches_the_refit_on_and_off():

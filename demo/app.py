@@ -71,6 +71,7 @@ from demo.settings import (
     parse_settings,
     recipe_values,
 )
+from demo.shipped import adopt_shipped
 from demo.startup import Preparation, Step
 from demo.views import OUTPUTS, SUMMARY_HEADERS, LiveView
 from dfkd_core import resolve_device
@@ -164,6 +165,7 @@ class Deployment:
         if preparation is None:
             steps = preparations(options.data, default_teacher(options.teachers))
             steps.append(Step("reading the evaluation images", lambda: load_eval_set(options.data)))
+            steps.append(Step("putting the shipped dreams into the dream cache", adopt_shipped))
             preparation = Preparation(steps, friendly_error)
         local = local_teacher_names(options.teachers)
         return cls(

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+READABLE = 0o644  # what a plain write leaves under the usual umask (mkstemp's own is 0o600: owner only)
+
 
 def save_atomically(record: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(record)`` to ``path`` through a temporary file of its own in the same folder, moved into
@@ -18,6 +20,7 @@ def save_atomically(record: Any, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(handle)
+    os.chmod(partial, READABLE)
     try:
         torch.save(record, partial)
         os.replace(partial, path)

@@ -335,6 +335,8 @@ class RunHandler:
         API clients get it as a ``ValidationError``."""
         verdicts = [gr.validate(True, "") for _ in values]
         session = self.deployment.sessions[request.session_hash]
+        if session.queued and not session.running and _runs_in_queue(request) == 0:
+            session.queued = False  # its job left the queue without starting: its client cancelled it
         if session.queued or session.running:
             verdicts[0] = gr.validate(
                 False, "This tab already has a run waiting or going: press Stop first, or wait for it to end."
@@ -454,6 +456,17 @@ class RunHandler:
         elif not isinstance(err, _UserFacing):
             log.exception("run failed")
         return message
+
+
+def _runs_in_queue(request: gr.Request) -> int | None:
+    """How many /run jobs of this session wait in Gradio's queue; None where the queue cannot be read (a Gradio
+    whose queue is built otherwise: the session's own mark then stands)."""
+    try:
+        queue = request.request.app.get_blocks()._queue
+        waiting = (event for line in queue.event_queue_per_concurrency_id.values() for event in line.queue)
+        return sum(event.session_hash == request.session_hash and event.fn.api_name == "run" for event in waiting)
+    except AttributeError:
+        return None
 
 
 def _session_events(sessions: Sessions) -> tuple[Callable[..., Any], Callable[..., None]]:

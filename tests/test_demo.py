@@ -217,6 +217,25 @@ def test_stop_works_while_the_queue_is_full(teacher_checkpoint, image_root, monk
         assert "Stopped" in new_values(second, "status")[-1], "stopped while it waited, or as soon as it started"
 
 
+@pytest.mark.slow
+def test_a_run_cancelled_while_it_waits_does_not_lock_its_tab(teacher_checkpoint, image_root):
+    """A client that cancels its queued job never reaches the run, which would clear the tab's queued mark; the
+    next Run of that tab is still admitted."""
+    with served(tiny_options((teacher_checkpoint,), image_root)) as server:
+        running, cancelling = client_of(server.src), client_of(server.src)
+        first = running.submit(**run_args(teacher_checkpoint, steps=2_000), api_name="/run")
+        wait_for(lambda: len(new_values(first, "dreams")) >= 1, 60, "the first run to start")
+        queued = cancelling.submit(**run_args(teacher_checkpoint), api_name="/run")
+        wait_for(lambda: queued.status().code.name == "IN_QUEUE", 30, "the second run to queue")
+        queued.cancel()
+        wait_for(lambda: queued.done(), 30, "the cancelled job to end")
+        again = cancelling.submit(**run_args(teacher_checkpoint), api_name="/run")
+        assert "Stopped" in running.predict(api_name="/stop")
+        first.result(timeout=60)
+        again.result(timeout=300)
+        assert "Done" in new_values(again, "status")[-1]
+
+
 def _error(client: Client, **args: Any) -> str:
     """The message a run with these inputs is refused with (before it queues) or ends with; it must be plain
     words, never a traceback."""

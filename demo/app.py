@@ -39,6 +39,8 @@ if __package__ in (None, ""):  # started as a script (python demo/app.py, a Hugg
 
 import gradio as gr
 import torch
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
 from demo.example import example_outputs
 from demo.runner import (
@@ -588,7 +590,24 @@ def create_app(options: AppOptions, preparation: Preparation | None = None) -> g
 
 
 QUEUE_SIZE = 8  # runs waiting at most: one per session, so a handful of scripted clients cannot fill a day
-LAUNCH = {"theme": THEME, "css": CSS, "max_file_size": "1mb"}  # the page never takes uploads
+UPLOAD_ROUTES = ("/upload", "/process_recording")  # Gradio's routes that store a client's files on the server
+
+
+class NoUploads:
+    """ASGI middleware: the page takes no files, so the server refuses every upload (403) before reading a byte
+    of it: a stranger cannot park files on the Space and have it serve them back."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith(UPLOAD_ROUTES):
+            await PlainTextResponse("This app takes no uploads.", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+LAUNCH = {"theme": THEME, "css": CSS, "app_kwargs": {"middleware": [Middleware(NoUploads)]}}
 
 
 def _free_port() -> int:

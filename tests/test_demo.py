@@ -218,6 +218,26 @@ def test_stop_works_while_the_queue_is_full(teacher_checkpoint, image_root, monk
 
 
 @pytest.mark.slow
+def test_the_server_takes_no_uploads(teacher_checkpoint, image_root):
+    import urllib.error
+    import urllib.request
+
+    with served(tiny_options((teacher_checkpoint,), image_root)) as client:
+        boundary = "dfkd"
+        body = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.txt"\r\n\r\nhello\r\n--{boundary}--\r\n'
+        for route in ("gradio_api/upload", "gradio_api/process_recording"):
+            request = urllib.request.Request(
+                client.src.rstrip("/") + "/" + route,
+                data=body.encode(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 403 and refused.value.read() == b"This app takes no uploads."
+        assert "Nothing is running" in client.predict(api_name="/stop"), "the rest of the API still answers"
+
+
+@pytest.mark.slow
 def test_a_run_cancelled_while_it_waits_does_not_lock_its_tab(teacher_checkpoint, image_root):
     """A client that cancels its queued job never reaches the run, which would clear the tab's queued mark; the
     next Run of that tab is still admitted."""

@@ -15,21 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+from dfkd_core._files import process_alive
+
 __all__ = ["SESSION_LIFETIME_S", "RunControl", "Sessions", "remove_abandoned_roots"]
 
 SESSION_LIFETIME_S = 3600.0  # a session without a run for this long is over: its files are deleted
 ROOT_PREFIX = "dfkd-demo-"  # every app's root folder in the system's temporary folder starts so
 OWNER_FILE = "owner.pid"  # in each root: the process id of the app that made it
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def remove_abandoned_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -41,7 +33,7 @@ def remove_abandoned_roots(parent: str | os.PathLike[str] | None = None) -> list
             owner = int((root / OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = None
-        if root.is_dir() and (owner is None or not _alive(owner)):
+        if root.is_dir() and (owner is None or not process_alive(owner)):
             shutil.rmtree(root, ignore_errors=True)
             removed.append(root)
     return removed

@@ -1,9 +1,11 @@
-"""Files written whole or not at all: what a cache shared by threads, processes and crashes needs."""
+"""Files shared by threads, processes and crashes: written whole or not at all, and folders one run at a time."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,49 @@ def save_atomically(record: Any, path: str | os.PathLike[str]) -> Path:
     finally:
         Path(partial).unlink(missing_ok=True)
     return path
+
+
+LOCK_FILE = ".dfkd-run"  # in a folder a run writes to: the process id of the run that holds it
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def reserved(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold ``folder`` (made if missing) for this process while the block runs: a second run that asks for it
+    meanwhile gets a ``ValueError`` instead of mixing its files with this one's. A hold left by a process that
+    died is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, READABLE)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and process_alive(owner):
+                raise ValueError(
+                    f"output folder {str(folder)!r} is in use by another run (process {owner}); "
+                    "choose another --out, or wait for that run to end"
+                ) from None
+            lock.unlink(missing_ok=True)  # its run is gone: take the folder over
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(str(os.getpid()))
+        break
+    try:
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)

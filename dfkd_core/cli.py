@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._files import reserved
 from ._knobs import help_of, parse_knob
 from ._version import __version__
 from .device import limit_threads
@@ -330,14 +331,24 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
     )
     dreams = DreamSet.load(args.dreams) if args.dreams else None
-    bars = ProgressBars(args.quiet, file=sys.stderr)
+    with reserved(args.out):  # a second run into the same --out is refused while this one goes on
+        result = _run(config, dreams, Path(args.out), args.quiet)
+        print(_summary(result), flush=True)  # before writing: a failure to write keeps the numbers on screen
+        written = write_outputs(result, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _run(config: RecoveryConfig, dreams: DreamSet | None, out: Path, quiet: bool) -> RecoveryResult:
+    """The run, with progress bars; its dreams saved into ``out`` as soon as they are made, and named on failure."""
+    bars = ProgressBars(quiet, file=sys.stderr)
     result = None
     kept: Path | None = None  # the dreams, saved as soon as they are made: the expensive part is never lost
     try:
         for event in recover(config, dreams):
             bars(event)
             if isinstance(event, StageFinished) and event.stage is Stage.DREAM and "dreams" in event.summary:
-                kept = event.summary["dreams"].save(Path(args.out) / "dreams.pt")
+                kept = event.summary["dreams"].save(out / "dreams.pt")
             if isinstance(event, Finished):
                 result = event.result
     except BaseException:
@@ -349,10 +360,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     assert result is not None
-    print(_summary(result), flush=True)  # before writing: a failure to write keeps the numbers on screen
-    written = write_outputs(result, args.out)
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return result
 
 
 def _shown(value: Any) -> str:

@@ -378,6 +378,28 @@ def test_a_bad_out_is_refused_before_the_run(teacher_checkpoint, image_root, tmp
     _bad([*base, "--out", str(tmp_path / "gone")], capsys, "is a link to nothing")
 
 
+def test_an_out_in_use_by_another_run_is_refused(teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch):
+    import os
+
+    import dfkd_core.cli as cli
+    from dfkd_core._files import LOCK_FILE, reserved
+
+    monkeypatch.setattr(cli, "recover", lambda *a, **k: pytest.fail("the run started in a folder another run holds"))
+    out = tmp_path / "run"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / LOCK_FILE).write_text(str(other.pid))  # another live run holds it
+        base = ["recover", "--teacher", str(teacher_checkpoint), "--data", str(image_root), *TINY_FLAGS]
+        _bad([*base, "--out", str(out)], capsys, "is in use by another run", f"process {other.pid}")
+    finally:
+        other.kill()
+        other.wait()
+    with reserved(out) as held:  # its run is gone: the folder is taken over, and let go at the end
+        assert (held / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_a_failed_write_keeps_the_numbers_and_exits_2(teacher_checkpoint, image_root, tmp_path, capsys, monkeypatch):
     import errno
 

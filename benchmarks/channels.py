@@ -11,7 +11,7 @@ Rows (``--rows``, by name):
     resnet56-50, resnet56-75, resnet20-50, mobilenetv2-50   channel pruning to that share of MACs removed, in one
                                cut before distillation
     <row>-gradual              the same with the default recipe for channels: pruned gradually during distillation
-    resnet56-75(-gradual), resnet56-50-gradual   also run the same recipe on 1,024 real training images (the oracle,
+    resnet56-75(-gradual), resnet56-50-gradual   also run the same recipe on 1,024 real training images (not data-free,
                                not data-free)
     resnet20-50-gradual-15     the target reached after 15 of the 30 epochs instead of 25
     resnet56-50-gradual-long   twice the epochs (60, the target reached after 50)
@@ -114,7 +114,7 @@ def markdown(record: dict) -> str:
         "interleaved, median of 7. Dream and distill: seconds (a fixed dream set is made once per teacher and",
         "shared, its time is the recovery benchmark's; the retired generator dreamed anew in its row).",
         "",
-        "| row | removed | params | MACs | teacher acc | pruned | **recovered** | real (oracle) "
+        "| row | removed | params | MACs | teacher acc | pruned | **recovered** | real images "
         "| speed-up batch 1 | speed-up batch 256 | student ms (batch 256) | dream s | distill s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -5,7 +5,7 @@ teacher only), so the table's dream time is the one-off cost per teacher. Each r
 library's pipeline unchanged, with the baselines asked for:
 
     noise   the same refit and distillation on Gaussian-noise images (what the dreams buy)
-    real    the same on as many REAL training images (the oracle: not data-free, an upper bound)
+    real    the same on as many REAL training images (not data-free: an upper bound)
 
 Usage (from the repository root; writes JSON and a markdown table):
 
@@ -100,7 +100,7 @@ def markdown(rows: list[dict], title: str) -> str:
         "",
         *timing,
         "",
-        "| teacher | sparsity | scope | teacher acc | pruned | noise | **recovered (dreams)** | real (oracle) "
+        "| teacher | sparsity | scope | teacher acc | pruned | noise | **recovered (dreams)** | real images "
         "| dream s | refit s | distill s | noise s | real s | total s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--baselines",
         default="noise",
-        help=f"comma list of same-budget baselines ({', '.join(BASELINES)}: real images, an oracle) or none",
+        help=f"comma list of same-budget baselines ({', '.join(BASELINES)}: real training images, not data-free) or none",
     )
     rec.add_argument("--curve-per-class", type=int, default=200, help="test images per class, per-epoch curve (0: all)")
     rec.add_argument("--eval-per-class", type=int, default=0, help="test images per class, final accuracies (0: all)")
@@ -289,7 +289,7 @@ def _summary(result: RecoveryResult) -> str:
     if result.refit_acc is not None:
         parts.append(f"refit {result.refit_acc:.2f}%")
     parts.append(f"recovered {result.recovered_acc:.2f}%")
-    labels = {"noise": "noise", "real": "real-data oracle"}
+    labels = {"noise": "noise", "real": "same recipe on real images"}
     parts += [f"{labels[name]} {value:.2f}%" for name, value in result.baselines.items() if value is not None]
     speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in result.speedup().items())
     line = (

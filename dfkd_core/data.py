@@ -9,7 +9,7 @@ Two kinds of sources are understood, both named by one string:
 
 The data-free guarantee lives here too: :func:`load_eval_set` only ever touches the held-out
 split, and :func:`load_train_subset` - the one function that reads training images - exists
-solely for the clearly labeled real-data oracle baseline.
+solely for the clearly labelled real-image baseline (the same recipe on real images, not data-free).
 """
 
 from __future__ import annotations
@@ -216,14 +216,14 @@ def load_eval_set(data: str, *, image_size: int = 32, download: bool = True, cac
 
 
 def train_split_available(data: str) -> bool:
-    """Whether ``data`` has real training images (only the real-data oracle baseline uses them)."""
+    """Whether ``data`` has real training images (only the real-image baseline uses them)."""
     return data.lower() == "cifar10" or (Path(data).expanduser() / "train").is_dir()
 
 
 def load_train_subset(
     data: str, per_class: int, *, seed: int = 0, image_size: int = 32, download: bool = True
 ) -> ImageSet:
-    """``per_class`` real training images of each class - for the real-data ORACLE baseline only.
+    """``per_class`` real training images of each class - for the real-image baseline only (NOT data-free).
 
     Never called by the data-free recovery path; it exists to show what real data would buy.
     Only the chosen files are decoded.
@@ -238,4 +238,4 @@ def load_train_subset(
         members = [s for s in samples if s[1] == c]
         chosen += [members[i] for i in torch.randperm(len(members), generator=generator)[:per_class].tolist()]
     images, labels = _decode(chosen, image_size)
-    return ImageSet(images, labels, classes, f"{folder} (oracle subset of {len(chosen)})")
+    return ImageSet(images, labels, classes, f"{folder} (real-image baseline subset of {len(chosen)})")

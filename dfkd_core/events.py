@@ -49,7 +49,7 @@ class Stage(_Name):
     DREAM = "dream"  # DeepInversion synthesizes the transfer set out of the teacher's BatchNorm statistics
     REFIT = "refit"  # layer-wise least-squares refit of the pruned layers on the dreams (when the recipe has it)
     DISTILL = "distill"  # knowledge distillation from teacher to student on the dreams
-    BASELINE = "baseline"  # the same refit and distillation on noise (or real images: the oracle), for comparison
+    BASELINE = "baseline"  # the same refit and distillation on noise (or real images: not data-free), for comparison
     EVALUATE = "evaluate"  # the reported accuracies, on the evaluation split
 
 
@@ -72,7 +72,7 @@ class Network(_Name):
     REFIT = "refit"  # the student after the layer-wise refit, before distillation
     RECOVERED = "recovered"  # the student after distillation on the dreams
     NOISE = "noise"  # baseline: the same recipe on Gaussian noise instead of dreams
-    REAL = "real"  # oracle baseline: the same recipe on as many real training images (not data-free)
+    REAL = "real"  # the same recipe on as many real training images (not data-free)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ The CLI, the notebooks and the app are thin clients of this one function.
 
 Data-free guarantee: the recovery path (prune, dream, refit, distill) receives no dataset at all.
 Real images enter in exactly two places, both for measuring only: the held-out evaluation split
-(accuracy numbers) and, when explicitly requested, the ``"real"`` baseline - an oracle that shows
-what as many real training images would have bought.
+(accuracy numbers) and, when explicitly requested, the ``"real"`` baseline - the same recipe on real
+images, which shows what as many real training images would have bought.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class RecoveryConfig:
     scope: str = "global"  # "global" (one ranking over all layers, the paper's), "layerwise" or "lamp"
     granularity: str = "weight"  # "weight" (single weights by L1 magnitude) or "channel" (whole channels: faster)
     recipe: Recipe | None = None  # None: get_preset("default", granularity), set on construction
-    baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (oracle)
+    baselines: tuple[str, ...] = ("noise",)  # same-budget baselines: "noise" (Gaussian noise), "real" (real images)
     curve_per_class: int = 200  # per-epoch accuracy curve on this many test images per class (0 = full split)
     eval_per_class: int = 0  # reported accuracies on this many test images per class (0 = full split)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
@@ -305,7 +305,7 @@ class RecoveryResult:
             "baselines": {
                 "noise": _rounded(self.baselines.get("noise")),
                 "real": _rounded(self.baselines.get("real")),
-                "real_note": "ORACLE: the same recipe on as many real training images; not data-free",
+                "real_note": "the same recipe on as many real training images: NOT data-free",
             },
             "dreams": {
                 "count": len(self.dreams),
@@ -643,7 +643,7 @@ def _described(events: Generator[Event, None, Any], prefix: str) -> Generator[Ev
 
 def _baseline_images(run: _Run, name: str, count: int, held: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``count`` transfer images and ``held`` held out beside them (``None`` when 0), from the same source:
-    Gaussian noise, or real training images for the oracle (class-balanced when they are)."""
+    Gaussian noise, or real training images for the real-image baseline (class-balanced when they are)."""
     assert run.teacher is not None
     if name == Network.NOISE:
         generator = torch.Generator().manual_seed(run.config.seed + 1)
@@ -671,7 +671,7 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
     held = len(dreams.holdout) if dreams.holdout is not None else 0
     images, holdout = _baseline_images(run, name, len(dreams), held)
     student = _student(run, pruned)
-    what = "noise baseline" if network is Network.NOISE else "real-data oracle (not data-free)"
+    what = "noise baseline" if network is Network.NOISE else "same recipe on real images (not data-free)"
     start = run.references[Network.PRUNED]
     if recipe.refit is not None:
         yield from _described(

@@ -41,7 +41,7 @@ def curves_figure(
     last = epochs or (curve[-1][0] if curve else 1)
     ax.axhline(teacher, color="tab:green", linestyle="--", label=f"teacher {teacher:.1f}%")
     ax.axhline(pruned, color="tab:red", linestyle=":", label=f"pruned, no recovery {pruned:.1f}%")
-    styles = {"noise": ("tab:gray", "same recipe on noise"), "real": ("tab:purple", "real-data oracle")}
+    styles = {"noise": ("tab:gray", "same recipe on noise"), "real": ("tab:purple", "same recipe on real images")}
     for name, value in (baselines or {}).items():
         if value is None:
             continue

@@ -67,9 +67,9 @@ def test_corrupt_image_is_named(image_root):
         load_eval_set(str(image_root))
 
 
-def test_train_subset_only_for_the_oracle(image_root, test_only_root):
+def test_train_subset_only_for_the_real_image_baseline(image_root, test_only_root):
     subset = load_train_subset(str(image_root), per_class=2)
-    assert len(subset) == 20 and "oracle" in subset.name
+    assert len(subset) == 20 and "real-image baseline" in subset.name
     assert train_split_available(str(image_root)) and not train_split_available(str(test_only_root))
     with pytest.raises(FileNotFoundError, match="no train/"):
         load_train_subset(str(test_only_root), per_class=1)

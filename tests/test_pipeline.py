@@ -279,8 +279,8 @@ def test_a_channel_run_reports_what_a_user_of_structured_pruning_looks_at(teache
 
 
 @pytest.mark.slow
-def test_the_tripwire_does_fire_for_the_oracle(teacher_checkpoint, image_root, monkeypatch):
-    """Proof that the guard above can fail: the real-data oracle reads train/ and is caught."""
+def test_the_tripwire_does_fire_for_the_real_image_baseline(teacher_checkpoint, image_root, monkeypatch):
+    """Proof that the guard above can fail: the real-image baseline reads train/ and is caught."""
     _forbid_training_reads(monkeypatch, image_root / "train")
     with pytest.raises(AssertionError, match="touched training data"):
         run_recovery(tiny_config(teacher_checkpoint, image_root, baselines=("real",)))

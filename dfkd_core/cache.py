@@ -1,4 +1,4 @@
-"""Dreams made once, reused: a cache of dream sets keyed by everything they depend on.
+"""Work done once, reused: dream sets, and the noise baseline, keyed by everything they depend on.
 
 Dreams depend on the teacher's weights, the dream recipe and the seed - not on the sparsity, the scope or the
 granularity - so every run of one teacher can share them, and a second visitor of the app does not wait for
@@ -9,12 +9,18 @@ Entries live in ``dreams/`` under :func:`~dfkd_core.data.default_data_dir` (``$D
 ``~/.cache/dfkd``; the app points it at a Space's persistent storage), one file per key, named by the key's
 sha256. An entry is written whole or not at all, so two runs filling it at once leave one complete file; an
 entry that does not load, or that was made with other settings than its name says, is removed and dreamed again.
+
+The noise baseline (the recipe on Gaussian noise instead of dreams) gives the same curve every time for one
+teacher, pruning, recipe, seed and evaluation split, and costs a quarter of a Quick run: its result is kept in
+``baselines/`` beside the dreams, and shown as stored. The real-image baseline is never stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,9 +30,15 @@ from .data import default_data_dir
 from .dream import DreamConfig, DreamSet
 from .zoo import Teacher
 
-__all__ = ["DreamCache"]
+__all__ = ["BaselineCache", "DreamCache"]
 
 CACHE_FORMAT = 1  # part of every key: raised whenever dreaming changes what one recipe and seed make
+
+
+def _name(key: dict[str, Any], suffix: str) -> str:
+    """An entry's file name: the sha256 of its key (and of the cache's format)."""
+    text = json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True)
+    return f"{hashlib.sha256(text.encode()).hexdigest()[:32]}{suffix}"
 
 
 class DreamCache:
@@ -49,8 +61,7 @@ class DreamCache:
         return self._entry(self.settings(teacher, recipe, seed))
 
     def _entry(self, settings: dict[str, Any]) -> Path:
-        key = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
-        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+        return self.root / _name(settings, ".pt")
 
     def adopt(self, file: str | Path) -> Path:
         """Put the dream set saved in ``file`` (made elsewhere: the app ships some) where a run of its teacher,
@@ -82,6 +93,39 @@ class DreamCache:
     def put(self, teacher: Teacher, recipe: DreamConfig, seed: int, dreams: DreamSet) -> Path:
         """Store ``dreams`` (made by ``teacher`` with ``recipe`` and ``seed``) for the next run."""
         return dreams.save(self.path(teacher, recipe, seed))
+
+
+class BaselineCache:
+    """Noise-baseline results on disk under ``root`` (default: ``baselines/`` of the data folder): a curve (epoch,
+    accuracy), the final accuracy and the kept epoch, found by the key of the run that made them."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_data_dir() / "baselines"
+
+    def path(self, key: dict[str, Any]) -> Path:
+        return self.root / _name(key, ".json")
+
+    def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored result, or None; an unreadable entry, or one stored under another key, is removed."""
+        path = self.path(key)
+        try:
+            record = json.loads(path.read_text())
+            if record["key"] == json.loads(json.dumps(key)):
+                return record
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        path.unlink(missing_ok=True)
+        return None
+
+    def put(self, key: dict[str, Any], record: dict[str, Any]) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_text(json.dumps({**record, "key": key}) + "\n")
+        os.replace(partial, path)
+        return path
 
 
 def age_in_words(path: Path) -> str:

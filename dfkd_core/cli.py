@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--no-cache",
         action="store_true",
-        help="dream afresh, neither reusing nor storing dreams in the dream cache ($DFKD_DATA_DIR/dreams, "
-        "else ~/.cache/dfkd/dreams; dreams of the same teacher, dream recipe and seed are otherwise reused)",
+        help="dream and run the noise baseline afresh, neither reusing nor storing them ($DFKD_DATA_DIR, else "
+        "~/.cache/dfkd: dreams of the same teacher, dream recipe and seed, and the noise baseline of an identical run, "
+        "are otherwise reused)",
     )
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
 

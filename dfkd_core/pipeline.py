@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .cache import DreamCache, age_in_words
+from .cache import BaselineCache, DreamCache, age_in_words
 from .data import ImageSet, load_eval_set, load_train_subset, train_split_available
 from .device import resolve_device
 from .distill import LR_AUTO, DistillConfig, DistillResult, iter_distill
@@ -169,7 +169,7 @@ class RecoveryConfig:
     showcase: int = 0  # dreams per class formed first, step by step, to watch (not part of the transfer set)
     arch: str | None = None  # architecture, for checkpoints that do not record it
     normalization: str | None = None  # "imagenet", "cifar10" or "m1,m2,m3,s1,s2,s3", when not recorded
-    cache: bool = True  # reuse the dreams of an earlier run with the same teacher, dream recipe and seed (DreamCache)
+    cache: bool = True  # reuse the dreams, and the noise baseline, of an earlier run where they would come out the same
 
     def __post_init__(self) -> None:
         for name in ("teacher", "data"):  # paths are welcome; the run (and its report) keeps them as text
@@ -240,6 +240,7 @@ class RecoveryResult:
     baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # "noise"/"real" per epoch
     sizes: dict[str, ModelSize] = field(default_factory=dict)  # "teacher" and "recovered": parameters, MACs, bytes
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # the same two, CPU, by batch size
+    stored_baselines: tuple[str, ...] = ()  # baselines shown from an identical earlier run (BaselineCache), not run
 
     @property
     def pruning(self) -> str:
@@ -306,6 +307,7 @@ class RecoveryResult:
                 "noise": _rounded(self.baselines.get("noise")),
                 "real": _rounded(self.baselines.get("real")),
                 "real_note": "the same recipe on as many real training images: NOT data-free",
+                "stored": list(self.stored_baselines),  # shown from an identical earlier run, not run again
             },
             "dreams": {
                 "count": len(self.dreams),
@@ -384,6 +386,7 @@ class _Run:
     baseline_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per epoch, like the curve
     sizes: dict[str, ModelSize] = field(default_factory=dict)
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)
+    stored_baselines: list[str] = field(default_factory=list)  # shown from the baseline cache, not run
     gradual: GradualPruning | None = None  # pruning during distillation, when the recipe prunes gradually
 
     @property
@@ -669,6 +672,11 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
     network = Network(name)
     t0 = time.perf_counter()
     held = len(dreams.holdout) if dreams.holdout is not None else 0
+    cache = BaselineCache() if run.config.cache and network is Network.NOISE and teacher.sha256 else None
+    key = _baseline_key(run, name, len(dreams), held)
+    stored = cache.get(key) if cache is not None else None
+    if cache is not None and stored is not None:
+        return (yield from _stored_baseline(run, network, stored, cache.path(key)))
     images, holdout = _baseline_images(run, name, len(dreams), held)
     student = _student(run, pruned)
     what = "noise baseline" if network is Network.NOISE else "same recipe on real images (not data-free)"
@@ -712,7 +720,46 @@ def _baseline(run: _Run, name: str, pruned: nn.Module, dreams: DreamSet) -> Gene
     run.references[network] = kept_point(curve, trained.kept_epoch)
     yield MetricLogged(Stage.BASELINE, Metric.ACCURACY, network, accuracy)
     run.timings[name] = time.perf_counter() - t0
+    if cache is not None:
+        cache.put(key, {"curve": curve, "accuracy": accuracy, "kept_epoch": trained.kept_epoch})
     return accuracy
+
+
+def _baseline_key(run: _Run, name: str, images: int, held: int) -> dict[str, Any]:
+    """Everything a baseline's result depends on: teacher, pruning, recipe, seed, budget and evaluation images."""
+    config = run.config
+    assert run.teacher is not None and run.test_set is not None
+    return {
+        "baseline": name,
+        "teacher_sha256": run.teacher.sha256,
+        "sparsity": config.sparsity,
+        "scope": config.scope,
+        "granularity": config.granularity,
+        "recipe": asdict(config.recipe),
+        "seed": config.seed,
+        "images": images,
+        "held": held,
+        "test_split": run.test_set.fingerprint(),
+        "curve_per_class": config.curve_per_class,
+        "eval_per_class": config.eval_per_class,
+        "device": run.device.type,
+    }
+
+
+def _stored_baseline(run: _Run, network: Network, stored: dict[str, Any], path: Path) -> Generator[Event, None, float]:
+    """A baseline's stored result, replayed as the events of a run of it (its curve, then its accuracy)."""
+    what = f"{network.value} baseline: the stored result of an identical run, made {age_in_words(path)} ago"
+    yield StageStarted(Stage.BASELINE, 0, what)
+    curve = [(int(epoch), float(accuracy)) for epoch, accuracy in stored["curve"]]
+    for epoch, accuracy in curve:
+        yield MetricLogged(Stage.BASELINE, Metric.CURVE_ACCURACY, network, accuracy, epoch)
+    run.baseline_curves[network.value] = curve
+    run.stored_baselines.append(network.value)
+    run.references[network] = kept_point(curve, stored["kept_epoch"])
+    yield MetricLogged(Stage.BASELINE, Metric.ACCURACY, network, float(stored["accuracy"]))
+    yield StageFinished(Stage.BASELINE, 0.0, {"stored": True})
+    run.timings[network.value] = 0.0
+    return float(stored["accuracy"])
 
 
 def kept_point(curve: list[tuple[int, float]], kept_epoch: int | None) -> float:
@@ -804,6 +851,7 @@ def recover(config: RecoveryConfig, dreams: DreamSet | None = None) -> Generator
         device=str(run.device),
         showcase=showcase,
         baseline_curves=dict(run.baseline_curves),
+        stored_baselines=tuple(run.stored_baselines),
         sizes=dict(run.sizes),
         latency_ms=run.latency_ms,
     )

@@ -14,8 +14,10 @@ from .test_pipeline import TINY, tiny_config
 
 
 def _run(config):
+    """The result, the descriptions of the dream stage and of the last stage started, and the notes."""
     events = list(recover(config))
     dreaming = [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.DREAM]
+    dreaming += [e.description for e in events if isinstance(e, StageStarted) and e.stage is Stage.BASELINE][-1:]
     notes = [e.message for e in events if isinstance(e, Notice)]
     return events[-1].result, dreaming, notes
 
@@ -26,13 +28,16 @@ def _dreams(seed: int, count: int = 6) -> DreamSet:
     return DreamSet(images, torch.arange(count) % 2, ("a", "b"), 100.0, 2, 1.0)
 
 
-def test_a_second_run_reuses_the_dreams_and_gets_the_same_student(teacher_checkpoint, image_root):
-    config = tiny_config(teacher_checkpoint, image_root, baselines=())
+def test_a_second_run_reuses_the_dreams_and_the_noise_baseline_and_gets_the_same_results(
+    teacher_checkpoint, image_root
+):
+    config = tiny_config(teacher_checkpoint, image_root, baselines=("noise",))
     first, dreaming, _ = _run(config)
     assert "reused" not in dreaming[0]
     teacher = load_teacher(str(teacher_checkpoint))
     assert DreamCache().path(teacher, TINY.dream, 0).is_file()
     second, dreaming, _ = _run(config)
+    assert "noise baseline: the stored result of an identical run, made" in dreaming[-1]
     assert re.fullmatch(
         rf"{TINY.dream.num_images} dreams of {teacher.arch}, made \d+ s ago, reused \(dream cache\)", dreaming[0]
     )
@@ -40,6 +45,10 @@ def test_a_second_run_reuses_the_dreams_and_gets_the_same_student(teacher_checkp
     for name, value in first.student.state_dict().items():
         assert torch.equal(second.student.state_dict()[name], value), f"{name} differs between fresh and cached"
     assert second.recovered_acc == first.recovered_acc
+    assert second.baselines["noise"] == first.baselines["noise"] and second.timings["noise"] == 0.0
+    assert second.baseline_curves["noise"] == first.baseline_curves["noise"]
+    assert first.report()["baselines"]["stored"] == [] and second.report()["baselines"]["stored"] == ["noise"]
+    assert "stored result" not in _run(replace(config, seed=1))[1][-1], "another seed: run again"
 
 
 def test_the_key_is_the_teacher_the_dream_recipe_and_the_seed(teacher):

@@ -39,6 +39,18 @@ def remove_abandoned_roots(parent: str | os.PathLike[str] | None = None) -> list
     return removed
 
 
+def forget_served_copies(folder: Path) -> None:
+    """Delete the copies of ``folder``'s files in Gradio's cache, where the page's downloads are served from (in a
+    folder named by each file's hash): once a tab's run is gone, its files stop being downloadable too."""
+    from gradio.processing_utils import hash_file
+    from gradio.utils import get_upload_folder
+
+    cache = Path(get_upload_folder())
+    for file in folder.iterdir() if folder.is_dir() else ():
+        if file.is_file():
+            shutil.rmtree(cache / hash_file(file), ignore_errors=True)
+
+
 class RunControl:
     """One session's state: its Stop flag, whether a run waits in the queue or goes on, and the folder
     holding its downloads."""
@@ -58,8 +70,9 @@ class RunControl:
         return self.out_dir
 
     def discard(self) -> None:
-        """Delete the current run's downloads."""
+        """Delete the current run's downloads, and the copies Gradio's cache serves them from."""
         if self.out_dir is not None:
+            forget_served_copies(self.out_dir)
             shutil.rmtree(self.out_dir, ignore_errors=True)
         self.out_dir = None
 

@@ -476,14 +476,22 @@ def _run_folders(app: Any) -> list[Path]:
 
 @pytest.mark.slow
 def test_a_closed_session_leaves_no_files(teacher_checkpoint, image_root, monkeypatch):
+    from gradio.processing_utils import hash_file
+    from gradio.utils import get_upload_folder
+
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # how soon the server notices a client has gone
     with serve_locally(tiny_options((teacher_checkpoint,), image_root)) as app:
         tab = client_of(app.local_url)
         tab.submit(**run_args(teacher_checkpoint), api_name="/run").result(timeout=120)
         (folder,) = _run_folders(app)
         assert (folder / "student.pt").is_file(), "the downloads are in the session's own folder"
+        served_copies = [
+            Path(get_upload_folder()) / hash_file(f) for f in folder.iterdir() if f.suffix in (".pt", ".json")
+        ]
+        assert served_copies and all(copy.is_dir() for copy in served_copies), "Gradio serves copies of the downloads"
         tab.close()  # the tab is closed: its heartbeat ends, Gradio's unload event fires
         wait_for(lambda: not _run_folders(app), 30, "the closed session's folder to be removed")
+        assert not any(copy.exists() for copy in served_copies), "and the copies Gradio served them from"
 
         idle = client_of(app.local_url)
         idle.submit(**run_args(teacher_checkpoint), api_name="/run").result(timeout=120)

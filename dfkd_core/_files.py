@@ -47,10 +47,11 @@ def process_alive(pid: int) -> bool:
 
 @contextmanager
 def reserved(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold ``folder`` (made if missing) for this process while the block runs: a second run that asks for it
-    meanwhile gets a ``ValueError`` instead of mixing its files with this one's. A hold left by a process that
-    died is taken over."""
+    """Hold ``folder`` (made if missing, and removed again if it stays empty) for this process while the block
+    runs: a second run that asks for it meanwhile gets a ``ValueError`` instead of mixing its files with this one's.
+    A hold left by a process that died is taken over."""
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
@@ -75,3 +76,5 @@ def reserved(folder: str | os.PathLike[str]) -> Iterator[Path]:
         yield folder
     finally:
         lock.unlink(missing_ok=True)
+        if made and not any(folder.iterdir()):  # a run that failed before writing anything leaves nothing behind
+            folder.rmdir()

@@ -116,6 +116,9 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
         job = client.submit(**run_args(teacher, sparsity=0.8), api_name="/run")
         job.result(timeout=300)
         outputs = job.outputs()
+        files = {Path(f["path"]).name: Path(f["path"]) for f in new_values(job, "files")[-1]}  # the server's copies
+        assert set(files) == {"student.pt", "dreams.png", "dreams.pt", "report.json"}
+        student = load_checkpoint(files["student.pt"])  # read while served: the copies go when the tab's session ends
 
     grids = new_values(job, "dreams")
     assert len(grids) >= 3, "the showcase tiles are refreshed while the dreams form"
@@ -147,9 +150,6 @@ def test_quick_run_streams_dreams_and_accuracy_and_recovers(tmp_path):
     nonzero = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
     assert nonzero["Recovered: distillation on dreams"] < 0.3 * nonzero["Teacher (dense)"]
 
-    files = {Path(f["path"]).name: Path(f["path"]) for f in new_values(job, "files")[-1]}  # the server's copies
-    assert set(files) == {"student.pt", "dreams.png", "dreams.pt", "report.json"}
-    student = load_checkpoint(files["student.pt"])  # pruning made permanent: a plain checkpoint
     assert not any(name.endswith("_mask") for name in student.model.state_dict())
     assert measured_sparsity(student.model) == pytest.approx(0.8, abs=1e-3)
 

@@ -164,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_flags(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
+    _add_recover(commands)
+
+    recipe = commands.add_parser(
+        "recipe",
+        help="print every recipe field with its value and help (what --set can change)",
+        epilog="each line: section.field = value  # help. Change one with --set section.field=value.",
+    )
+    _add_recipe_choice(recipe)
+    recipe.add_argument("--json", action="store_true", help="print the recipe as one JSON object")
+
+    demo = commands.add_parser("demo", help="launch the Gradio app (further flags go to demo/app.py, e.g. --data)")
+    demo.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    demo.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    demo.add_argument(
+        "app_args", nargs=argparse.REMAINDER, help="passed on to the app: --data, --teacher-dir, --device"
+    )
+    return parser
+
+
+def _add_recover(commands: Any) -> None:
+    """The ``recover`` command and its flags."""
     rec = commands.add_parser(
         "recover",
         help="prune a teacher and recover it by data-free distillation",
@@ -206,22 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
         "are otherwise reused)",
     )
     rec.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    recipe = commands.add_parser(
-        "recipe",
-        help="print every recipe field with its value and help (what --set can change)",
-        epilog="each line: section.field = value  # help. Change one with --set section.field=value.",
-    )
-    _add_recipe_choice(recipe)
-    recipe.add_argument("--json", action="store_true", help="print the recipe as one JSON object")
-
-    demo = commands.add_parser("demo", help="launch the Gradio app (further flags go to demo/app.py, e.g. --data)")
-    demo.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    demo.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    demo.add_argument(
-        "app_args", nargs=argparse.REMAINDER, help="passed on to the app: --data, --teacher-dir, --device"
-    )
-    return parser
 
 
 def _cmd_teachers(args: argparse.Namespace) -> int:

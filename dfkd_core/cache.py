@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ._files import write_atomically
 from .data import default_data_dir
 from .dream import DreamConfig, DreamSet
 from .zoo import Teacher
@@ -120,12 +119,8 @@ class BaselineCache:
         return None
 
     def put(self, key: dict[str, Any], record: dict[str, Any]) -> Path:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        partial.write_text(json.dumps({**record, "key": key}) + "\n")
-        os.replace(partial, path)
-        return path
+        text = json.dumps({**record, "key": key}) + "\n"
+        return write_atomically(self.path(key), lambda name: Path(name).write_text(text))
 
 
 def age_in_words(path: Path) -> str:
